@@ -1,0 +1,38 @@
+"""Train a segmentation model on Ray: ``python jobs/train.py CONFIG [--work-dir DIR] [--cfg-options K=V ...]``."""
+import argparse
+import sys
+
+from rayseg.config import load_config
+from rayseg.engine.trainer import train
+from rayseg.errors import CheckpointError, ConfigError, DataError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("config")
+    parser.add_argument("--work-dir", help="where latest.pth, log.jsonl and the tables go")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. runner.max_iters=100 data.samples_per_gpu=4")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new local instance)")
+    args = parser.parse_args()
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        summary = train(cfg, work_dir=args.work_dir, config_path=args.config, address=args.address)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary.get("table"):
+        print(summary["table"])
+    print(f"work dir: {summary['work_dir']}")
+    if summary.get("latest"):
+        print(f"weights:  {summary['latest']}")
+    print(f"log:      {summary['log']}")
+    if summary.get("mlflow"):
+        ml = summary["mlflow"]
+        print(f"MLflow run {ml['run_id']} in {ml['tracking_uri']}")
+        print(f"open the UI: {ml['ui']}   then visit {ml['url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Ray Data ingest: manifest → read bytes → decode + transform in a CPU actor pool → uint8 batches.
+
+The training stream is one continuous dataset covering every sample the job will consume (epochs of
+per-epoch shuffled indices laid end to end), so the actor pool starts once per job rather than once per
+epoch. Each row carries its image and mask together from the first step, so they cannot be paired
+wrongly, and each sample's augmentation is seeded by its stream position, so a run is reproducible
+whichever actor happens to process it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from rayseg.errors import DataError
+
+# Rows handed from the read step to the transform actors per call: small enough to keep memory flat,
+# large enough to amortise the per-call overhead.
+_READ_BATCH = 16
+_TRANSFORM_BATCH = 8
+
+
+def read_file_bytes(path: str) -> bytes:
+    """Read a local path or a ``scheme://`` URI (through pyarrow filesystems); errors name the path."""
+    try:
+        if "://" in path:
+            import pyarrow.fs as pafs
+
+            fs, inner = pafs.FileSystem.from_uri(path)
+            with fs.open_input_file(inner) as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def stream_indices(positions: np.ndarray, num_samples: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """Map stream positions to sample indices: epoch ``p // n`` visits a seeded permutation of the samples."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if not shuffle:
+        return positions % num_samples
+    out = np.empty_like(positions)
+    epochs = positions // num_samples
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        out[sel] = _epoch_order(seed, int(epoch), num_samples)[positions[sel] % num_samples]
+    return out
+
+
+def _read_stream_batch(batch: Dict[str, np.ndarray], img_paths: List[str], seg_paths: List[Optional[str]],
+                       seed: int, shuffle: bool) -> Dict[str, np.ndarray]:
+    positions = batch["id"]
+    indices = stream_indices(positions, len(img_paths), seed, shuffle)
+    img_bytes, seg_bytes = [], []
+    for i in indices:
+        img_bytes.append(read_file_bytes(img_paths[i]))
+        seg_path = seg_paths[i]
+        seg_bytes.append(read_file_bytes(seg_path) if seg_path else b"")
+    return {
+        "position": positions.astype(np.int64),
+        "index": indices.astype(np.int64),
+        "img_bytes": np.array(img_bytes, dtype=object),
+        "seg_bytes": np.array(seg_bytes, dtype=object),
+    }
+
+
+class _PipelineActor:
+    """Decodes and transforms rows with a dataset's pipeline (runs inside a Ray Data actor)."""
+
+    def __init__(self, dataset: Any, mode: str, seed: int):
+        self.dataset = dataset
+        self.mode = mode
+        self.seed = seed
+        self.samples = dataset.samples
+
+    def _sample(self, index: int, img_bytes: bytes, seg_bytes: bytes) -> Dict[str, Any]:
+        sample = dict(self.samples[int(index)])
+        sample["img_bytes"] = img_bytes
+        if seg_bytes:
+            sample["seg_bytes"] = seg_bytes
+        return sample
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self.mode == "train":
+            return self._train(batch)
+        return self._test(batch)
+
+    def _train(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        imgs, segs = [], []
+        for pos, index, ib, sb in zip(batch["position"], batch["index"], batch["img_bytes"], batch["seg_bytes"]):
+            # Seeding by stream position makes augmentation independent of actor scheduling.
+            np.random.seed((self.seed * 1_000_003 + int(pos)) % (2**32))
+            results = self.dataset.prepare_train(self._sample(index, ib, sb))
+            imgs.append(np.ascontiguousarray(results["img"], dtype=np.uint8))
+            segs.append(np.ascontiguousarray(results["gt_semantic_seg"], dtype=np.uint8))
+        shapes = {im.shape for im in imgs}
+        if len(shapes) > 1 or len({s.shape for s in segs}) > 1:
+            raise DataError(
+                f"the training pipeline produced images of different sizes {sorted(shapes)}; "
+                "end it with RandomCrop and Pad(size=crop_size) so batches can be stacked")
+        return {"img": np.stack(imgs), "gt_semantic_seg": np.stack(segs)}
+
+    def _test(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        out: Dict[str, List[Any]] = {"img": [], "gt_semantic_seg": [], "ori_shape": [], "index": []}
+        for index, ib, sb in zip(batch["index"], batch["img_bytes"], batch["seg_bytes"]):
+            results = self.dataset.prepare_test(self._sample(index, ib, sb))
+            out["img"].append(np.ascontiguousarray(results["img"], dtype=np.uint8))
+            out["gt_semantic_seg"].append(np.ascontiguousarray(results["gt_semantic_seg"], dtype=np.uint8))
+            out["ori_shape"].append(np.asarray(results["ori_shape"][:2], dtype=np.int64))
+            out["index"].append(int(index))
+        return {"img": out["img"][0][None], "gt_semantic_seg": out["gt_semantic_seg"][0][None],
+                "ori_shape": np.stack(out["ori_shape"]), "index": np.asarray(out["index"])}
+
+
+def _strip_normalize(dataset: Any) -> Any:
+    """Drop Normalize from the dataset's pipeline: batches stay uint8 and are normalised on the device."""
+    from rayseg.datasets import build_pipeline, split_device_steps
+
+    cpu_cfgs, _ = split_device_steps(dataset.pipeline_cfg)
+    dataset.pipeline = build_pipeline(cpu_cfgs)
+    return dataset
+
+
+def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,
+                       num_actors: int = 1, actor_num_cpus: float = 1.0):
+    """A Ray Dataset of ``num_rows`` augmented training samples starting at stream ``start_position``.
+
+    Rows are ``img`` (H, W, 3) uint8 in the pipeline's channel order and ``gt_semantic_seg`` (H, W) uint8.
+    """
+    import ray.data
+
+    samples = dataset.samples
+    img_paths = [s["img_path"] for s in samples]
+    seg_paths = [s.get("seg_path") for s in samples]
+    num_blocks = max(1, min(200, math.ceil(num_rows / (_READ_BATCH * 4))))
+    ds = ray.data.range(num_rows, override_num_blocks=num_blocks)
+    if start_position:
+        ds = ds.map_batches(lambda b: {"id": b["id"] + start_position}, batch_size=None)
+    ds = ds.map_batches(_read_stream_batch, batch_size=_READ_BATCH,
+                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": seed, "shuffle": True})
+    return ds.map_batches(
+        _PipelineActor, batch_size=_TRANSFORM_BATCH,
+        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "train", "seed": seed},
+        compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
+
+
+def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float = 1.0):
+    """A Ray Dataset with one row per evaluation sample: the test-pipeline image (uint8) and the
+    original-size label map, plus ``ori_shape`` and the sample ``index``."""
+    import ray.data
+
+    samples = dataset.samples
+    img_paths = [s["img_path"] for s in samples]
+    seg_paths = [s.get("seg_path") for s in samples]
+    n = len(samples)
+    ds = ray.data.range(n, override_num_blocks=max(1, min(64, math.ceil(n / _READ_BATCH))))
+    ds = ds.map_batches(_read_stream_batch, batch_size=_READ_BATCH,
+                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": 0, "shuffle": False})
+    return ds.map_batches(
+        _PipelineActor, batch_size=1,
+        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "test", "seed": 0},
+        compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
+
+
+class DeviceNormalizer:
+    """Turns uint8 NHWC batches into normalised float NCHW tensors on the training device."""
+
+    def __init__(self, mean, std, to_rgb: bool = True, device=None):
+        import torch
+
+        self.to_rgb = to_rgb
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    @classmethod
+    def from_pipeline(cls, pipeline_cfg: List[Dict[str, Any]], device=None) -> "DeviceNormalizer":
+        from rayseg.datasets import split_device_steps
+
+        _, norm = split_device_steps(pipeline_cfg)
+        if norm is None:  # no Normalize step: only scale to float
+            return cls([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], to_rgb=False, device=device)
+        return cls(norm["mean"], norm["std"], norm.get("to_rgb", True), device=device)
+
+    def __call__(self, img_nhwc):
+        import torch
+
+        x = img_nhwc.permute(0, 3, 1, 2).float()
+        if self.to_rgb:
+            x = torch.flip(x, dims=[1])  # pipeline images are BGR as decoded by OpenCV
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)

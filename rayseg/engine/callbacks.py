@@ -1,0 +1,47 @@
+"""A Ray Train callback that runs in the controller and writes every report to log.jsonl and MLflow."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+from ray.train import UserCallback
+
+
+def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON-able scalars of a report (NaN → None); nested per-class tables are left out."""
+    out: Dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+class TrainLogCallback(UserCallback):
+    """Appends rank 0's metrics of every ``ray.train.report`` to ``log.jsonl`` and logs them to MLflow."""
+
+    def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None):
+        self.log_path = log_path
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._run = None
+
+    def _mlflow(self):
+        if self._run is None and self.run_id:
+            from rayseg.tracking import MlflowRun
+
+            self._run = MlflowRun(self.tracking_uri, self.run_id)
+        return self._run
+
+    def after_report(self, run_context, metrics: List[Dict[str, Any]], checkpoint) -> None:
+        if not metrics:
+            return
+        record = scalar_metrics(metrics[0])
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        run = self._mlflow()
+        if run is not None and "iter" in record:
+            run.log_metrics({k: v for k, v in record.items() if k != "iter" and v is not None}, step=record["iter"])

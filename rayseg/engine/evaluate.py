@@ -1,0 +1,54 @@
+"""Validation inside the training workers: per-class areas over a shard, summed across workers."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rayseg.evaluation import SegMetric
+
+SUMMARY_KEYS = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+
+
+def all_reduce_metric(metric: SegMetric) -> SegMetric:
+    """Sum the per-class areas of every worker into ``metric`` (a no-op without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return metric
+    areas = metric.areas
+    keys = sorted(areas)
+    stacked = torch.from_numpy(np.stack([np.asarray(areas[k], dtype=np.int64) for k in keys]))
+    dist.all_reduce(stacked)
+    reduced = SegMetric(metric.num_classes, ignore_index=metric.ignore_index, class_names=metric.class_names)
+    reduced.add_areas(**{k: stacked[i].numpy() for i, k in enumerate(keys)})
+    return reduced
+
+
+@torch.no_grad()
+def evaluate_shard(model, shard, normalizer, num_classes: int, device, ignore_index: int = 255,
+                   class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Predict every row of a Ray Data shard (one image per batch) and return dataset-level metrics."""
+    metric = SegMetric(num_classes, ignore_index=ignore_index, class_names=class_names)
+    for batch in shard.iter_torch_batches(batch_size=1, device=device):
+        img = normalizer(batch["img"])
+        ori_shape = tuple(int(x) for x in batch["ori_shape"][0].tolist())
+        pred = model.predict(img, ori_shape=ori_shape)
+        metric.update(pred.cpu(), batch["gt_semantic_seg"].cpu())
+    return all_reduce_metric(metric).compute()
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name for a class (letters, digits, _ - . / and space only)."""
+    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", str(name))
+
+
+def flatten_eval_metrics(results: Dict[str, Any], class_names: Optional[Sequence[str]]) -> Dict[str, float]:
+    """Summary metrics plus ``IoU.<class>`` / ``Acc.<class>`` scalars (NaN kept as NaN)."""
+    flat = {k: float(results[k]) for k in SUMMARY_KEYS if k in results}
+    names = class_names or [str(i) for i in range(len(results["IoU"]))]
+    for stat in ("IoU", "Acc"):
+        for name, value in zip(names, results[stat]):
+            flat[f"{stat}.{metric_key(name)}"] = float(value)
+    return flat

@@ -1,0 +1,121 @@
+"""MLflow tracking: one run per training job, with params, metrics, tables and weights.
+
+The default store is a SQLite file beside the work dir (``<work_dir>/../mlflow.db``) so every run of a
+project lands in one place the UI can open; ``mlflow.tracking_uri`` or ``MLFLOW_TRACKING_URI`` point it
+at a server instead. Tracking failures never stop training: they warn once and the numbers stay in
+``log.jsonl``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from typing import Any, Dict, Optional
+
+from rayseg.config import flatten_config
+
+
+def default_store(work_dir: str) -> tuple[str, str]:
+    """(tracking URI, artifact root) of the local SQLite store that sits beside ``work_dir``."""
+    area = os.path.dirname(os.path.abspath(work_dir))
+    return f"sqlite:///{os.path.join(area, 'mlflow.db')}", "file://" + os.path.join(area, "mlartifacts")
+
+
+def resolve_tracking_uri(cfg: Dict[str, Any], work_dir: str) -> tuple[str, Optional[str]]:
+    """The tracking URI to use and, for the local default store, its artifact root."""
+    uri = (cfg.get("mlflow") or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    return default_store(work_dir)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class MlflowRun:
+    """A thin, failure-tolerant handle on one MLflow run (usable from any process by ``run_id``)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, experiment_id: str = ""):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self._client = None
+        self._warned = False
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # tracking must never stop training
+            if not self._warned:
+                warnings.warn(f"MLflow {what} failed ({exc}); training continues and the numbers stay in "
+                              "log.jsonl. Further MLflow errors are not shown.", RuntimeWarning, stacklevel=2)
+                self._warned = True
+
+    def log_metrics(self, metrics: Dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))]
+        for i in range(0, len(entries), 500):
+            self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=entries[i:i + 500])
+
+    def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        self._guard("log_artifact", self.client.log_artifact, self.run_id, path, artifact_path)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self._guard("set_tag", self.client.set_tag, self.run_id, key, str(value))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = None) -> Optional[MlflowRun]:
+    """Create the run for a training job and log the resolved config as params; None if MLflow is unreachable."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri, artifact_root = resolve_tracking_uri(cfg, work_dir)
+    ml_cfg = cfg.get("mlflow") or {}
+    name = ml_cfg.get("experiment_name") or "rayseg"
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            exp_id = client.create_experiment(
+                name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None)
+        else:
+            exp_id = experiment.experiment_id
+        tags = {"rayseg.work_dir": os.path.abspath(work_dir)}
+        if config_path:
+            tags["rayseg.config"] = config_path
+        tags.update({str(k): str(v) for k, v in (ml_cfg.get("tags") or {}).items()})
+        run_name = ml_cfg.get("run_name") or os.path.basename(os.path.abspath(work_dir))
+        run = client.create_run(exp_id, tags=tags, run_name=run_name)
+    except Exception as exc:
+        warnings.warn(f"MLflow tracking at {uri} is unavailable ({exc}); training continues and logs only to "
+                      "log.jsonl", RuntimeWarning, stacklevel=2)
+        return None
+    handle = MlflowRun(uri, run.info.run_id, exp_id)
+    params = [Param(k, v if v != "" else "''") for k, v in flatten_config(cfg).items()]
+    for i in range(0, len(params), 100):
+        handle._guard("log_params", client.log_batch, run.info.run_id, params=params[i:i + 100])
+    return handle
