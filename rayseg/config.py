@@ -105,11 +105,9 @@ def _plain(value: Any, where: str) -> Any:
     raise ConfigError(f"key {where!r}: unsupported value type {type(value).__name__} ({value!r})")
 
 
-def _read_yaml(path: str, included_from: Optional[str]) -> dict:
+def _read_yaml(path: str) -> dict:
     """Parse one YAML file into a mapping (empty file → {}), with errors naming file and line."""
     if not os.path.isfile(path):
-        if included_from:
-            raise ConfigError(f"{included_from}: _base_ file not found: {path}")
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, "r", encoding="utf-8") as fh:
@@ -123,7 +121,10 @@ def _read_yaml(path: str, included_from: Optional[str]) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    return _plain(data, "")
+    try:
+        return _plain(data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def _strip_delete(value: Any) -> Any:
@@ -153,13 +154,13 @@ def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _resolve(path: str, chain: Tuple[str, ...], included_from: Optional[str]) -> dict:
+def _resolve(path: str, chain: Tuple[str, ...]) -> dict:
     """Load ``path`` with its ``_base_`` files merged under it; ``chain`` detects cycles."""
     path = os.path.abspath(path)
     if path in chain:
         cycle = " -> ".join(list(chain[chain.index(path):]) + [path])
         raise ConfigError(f"_base_ inheritance cycle: {cycle}")
-    own = _read_yaml(path, included_from)
+    own = _read_yaml(path)
     bases = own.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
@@ -168,8 +169,10 @@ def _resolve(path: str, chain: Tuple[str, ...], included_from: Optional[str]) ->
     merged: Dict[str, Any] = {}
     for base in bases:
         base_path = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(base)))
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path})")
         # Later bases win over earlier ones; each base is fully resolved on its own first.
-        merged = merge(merged, _resolve(base_path, chain + (path,), path))
+        merged = merge(merged, _resolve(base_path, chain + (path,)))
     return _strip_delete(merge(merged, own))
 
 
@@ -179,6 +182,20 @@ def _type_of(value: Any) -> str:
     if isinstance(value, bool):  # before int: bool is a subclass of int
         return "bool"
     return {int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(value), "other")
+
+
+def _a(type_name: str) -> str:
+    return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
+
+
+def _schema_spec(parts: List[str]) -> Optional[str]:
+    """The schema's type spec for a key path (e.g. "str|list"), or None for free-form keys."""
+    spec: Any = SCHEMA
+    for part in parts:
+        if not isinstance(spec, dict) or part not in spec:
+            return None
+        spec = spec[part]
+    return spec if isinstance(spec, str) and spec != "dict" else None
 
 
 def _set_override(cfg: Dict[str, Any], option: str) -> None:
@@ -214,14 +231,16 @@ def _set_override(cfg: Dict[str, Any], option: str) -> None:
         else:
             parent = ".".join(parts[:depth]) or "<root>"
             raise ConfigError(
-                f"--cfg-options {option!r}: cannot index into {parent!r}, which is a {_type_of(node)} ({node!r})")
+                f"--cfg-options {option!r}: cannot index into {parent!r}, which is {_a(_type_of(node))} ({node!r})")
         if last:
             exists = slot in node if isinstance(node, dict) else True
             if exists:
                 old, new = _type_of(node[slot]), _type_of(value)
-                if old != new and "none" not in (old, new) and (old, new) != ("float", "int"):
-                    raise ConfigError(f"--cfg-options {option!r}: key {key!r} holds a {old}, "
-                                      f"the override gives a {new}")
+                allowed = _schema_spec(parts)
+                if (old != new and "none" not in (old, new) and (old, new) != ("float", "int")
+                        and not (allowed and _type_ok(value, allowed))):
+                    raise ConfigError(f"--cfg-options {option!r}: key {key!r} holds {_a(old)}, "
+                                      f"the override gives {_a(new)}")
             node[slot] = value
         else:
             node = node[slot]
@@ -264,7 +283,7 @@ def load_config(path: str, cfg_options: Iterable[str] = ()) -> Dict[str, Any]:
     own keys, then ``cfg_options`` (``"a.b.0.c=VALUE"`` strings, VALUE parsed as YAML).
     """
     path = os.fspath(path)
-    cfg = merge(DEFAULTS, _resolve(path, (), None))
+    cfg = merge(DEFAULTS, _resolve(path, ()))
     source = os.path.abspath(path)
     # Validate before and after the overrides so an error blames the file or the override correctly.
     _validate(cfg, SCHEMA, "", source)

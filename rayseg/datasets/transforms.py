@@ -279,10 +279,10 @@ class Pad:
         values = list(value) if isinstance(value, (list, tuple)) else [value] * channels
         if len(values) != channels:
             raise ConfigError(f"Pad: pad_val has {len(values)} values for a {channels}-channel image")
-        out = np.empty((th, tw) + img.shape[2:], dtype=img.dtype)
-        out[...] = np.array(values, dtype=img.dtype) if img.ndim == 3 else values[0]
-        out[:h, :w, ...] = img
-        return out
+        if channels > 4:  # cv2 border values hold at most 4 channels
+            raise ConfigError(f"Pad: cannot pad a {channels}-channel image")
+        fill = tuple(float(v) for v in values) + (0.0,) * (4 - channels)
+        return cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT, value=fill)
 
     def __call__(self, results: Dict[str, Any]) -> Dict[str, Any]:
         img = results["img"]

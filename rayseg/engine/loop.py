@@ -15,6 +15,7 @@ import torch.distributed as dist
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, save_train_state, unwrap
 from rayseg.engine.evaluate import evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
+from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.errors import DataError
 
 
@@ -83,9 +84,9 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     seed_everything(seed + rank, bool(cfg.get("deterministic")))
 
     model = build_segmentor(cfg["model"])
-    if world > 1 and uses_sync_bn(cfg["model"]):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device = ray.train.torch.get_device()
+    if world > 1 and uses_sync_bn(cfg["model"]):
+        model = convert_sync_batchnorm(model, device.type)
     optimizer_holder = {}
     max_iters = int(cfg["runner"]["max_iters"])
     start_iter = 0

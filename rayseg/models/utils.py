@@ -194,9 +194,10 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{checkpoint}: shape mismatch for {bad[:5]}")
-    result = module.load_state_dict(state, strict=False)
-    if not set(own) - set(result.missing_keys):
-        raise CheckpointError(f"{checkpoint}: no key matches {type(module).__name__}")
+    if not set(state) & {k for k in own if not k.endswith("num_batches_tracked")}:
+        raise CheckpointError(f"{checkpoint}: no key matches {type(module).__name__}"
+                              + (f" (keys start with {prefix!r})" if prefix else " (set init_cfg prefix?)"))
+    module.load_state_dict(state, strict=False)
 
 
 def requires_grad(module: nn.Module, flag: bool) -> None:

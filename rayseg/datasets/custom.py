@@ -1,0 +1,262 @@
+"""``CustomDataset``: image/mask pairs in MMSeg's custom layout, listed once into a manifest.
+
+Layout (paths relative to ``data_root``)::
+
+    img_dir/xxx{img_suffix}   ann_dir/xxx{seg_map_suffix}
+
+The dataset only lists files and runs pipelines; Ray Data reads the bytes (from ``manifest()``) and calls
+``prepare_train`` / ``prepare_test`` in its workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from rayseg.datasets.compose import build_pipeline
+from rayseg.datasets.loading import LoadAnnotations, as_label_map
+from rayseg.errors import ConfigError, DataError
+from rayseg.registry import DATASETS, build
+
+_MAX_LISTED = 5  # how many offending files an error message names before summarising
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = "; ".join(items[:_MAX_LISTED])
+    return shown + (f"; … and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _default_palette(n: int) -> List[List[int]]:
+    # MMSeg's choice: a fixed-seed random palette, drawn without disturbing the global numpy RNG.
+    return np.random.RandomState(42).randint(0, 255, size=(n, 3)).tolist()
+
+
+@DATASETS.register()
+class CustomDataset:
+    """A semantic segmentation dataset in MMSeg's custom layout.
+
+    ``classes`` (names, or a path to a file with one per line) may select a subset of ``CLASSES``; the
+    other classes are then mapped to ``ignore_index`` and the rest renumbered, like MMSeg's
+    ``get_classes_and_palette``. ``label_map`` (old → new, applied to raw mask values before
+    ``reduce_zero_label``) is merged over that mapping.
+    """
+
+    CLASSES: Optional[Tuple[str, ...]] = None
+    PALETTE: Optional[List[List[int]]] = None
+
+    def default_label_map(self) -> Dict[int, int]:
+        """Mask values a subclass always remaps (e.g. CamVid's void); user label_map entries win."""
+        return {}
+
+    def __init__(
+        self,
+        pipeline: Sequence[Dict[str, Any]],
+        data_root: Optional[str] = None,
+        img_dir: str = "",
+        ann_dir: Optional[str] = None,
+        img_suffix: str = ".jpg",
+        seg_map_suffix: str = ".png",
+        split: Optional[str] = None,
+        classes: Any = None,
+        palette: Optional[Sequence[Sequence[int]]] = None,
+        label_map: Any = None,
+        reduce_zero_label: bool = False,
+        ignore_index: int = 255,
+        test_mode: bool = False,
+    ):
+        self.pipeline_cfg = [dict(c) for c in pipeline]
+        self.pipeline = build_pipeline(self.pipeline_cfg)  # config errors surface at construction
+        self.data_root = data_root
+        self.img_dir = self._join(img_dir)
+        self.ann_dir = self._join(ann_dir) if ann_dir is not None else None
+        self.split = self._join(split) if split is not None else None
+        self.img_suffix = img_suffix
+        self.seg_map_suffix = seg_map_suffix
+        self.reduce_zero_label = bool(reduce_zero_label)
+        self.ignore_index = int(ignore_index)
+        self.test_mode = test_mode
+        self.CLASSES, self.PALETTE, subset_map = self._classes_and_palette(classes, palette)
+        merged = {**subset_map, **self.default_label_map(), **(as_label_map(label_map) or {})}
+        self.label_map: Optional[Dict[int, int]] = merged or None
+        self._samples = self._list_samples()
+
+    # ------------------------------------------------------------------ listing
+    def _join(self, path: str) -> str:
+        if self.data_root is not None and not os.path.isabs(path):
+            path = os.path.join(self.data_root, path)
+        return os.path.abspath(path)
+
+    def _classes_and_palette(self, classes: Any, palette: Any) -> Tuple[Tuple[str, ...], Any, Dict[int, int]]:
+        subset_map: Dict[int, int] = {}
+        if classes is None:
+            names = self.CLASSES
+            if names is None:
+                raise ConfigError(f"{type(self).__name__}: no CLASSES defined; pass classes=[...]")
+        else:
+            if isinstance(classes, str):
+                with open(self._join(classes)) as f:
+                    classes = [line.strip() for line in f if line.strip()]
+            names = tuple(classes)
+            if self.CLASSES is not None and tuple(self.CLASSES) != names:
+                unknown = [c for c in names if c not in self.CLASSES]
+                if unknown:
+                    raise ConfigError(f"{type(self).__name__}: classes {unknown} are not in CLASSES {self.CLASSES}")
+                subset_map = {i: (names.index(c) if c in names else self.ignore_index)
+                              for i, c in enumerate(self.CLASSES)}
+        if palette is None:
+            if subset_map and self.PALETTE is not None:
+                palette = [self.PALETTE[old] for old, new in sorted(subset_map.items(), key=lambda x: x[1])
+                           if new != self.ignore_index]
+            elif self.PALETTE is not None and len(self.PALETTE) == len(names):
+                palette = self.PALETTE
+            else:
+                palette = _default_palette(len(names))
+        palette = [[int(v) for v in c] for c in palette]
+        if len(palette) != len(names) or any(len(c) != 3 for c in palette):
+            raise ConfigError(f"{type(self).__name__}: palette needs one RGB triple per class ({len(names)})")
+        return names, palette, subset_map
+
+    def _seg_path(self, rel_img: str) -> Optional[str]:
+        if self.ann_dir is None:
+            return None
+        return os.path.join(self.ann_dir, rel_img[: -len(self.img_suffix)] + self.seg_map_suffix)
+
+    def _list_samples(self) -> List[Dict[str, Optional[str]]]:
+        if not os.path.isdir(self.img_dir):
+            raise DataError(f"image directory {self.img_dir} does not exist")
+        if self.ann_dir is not None and not os.path.isdir(self.ann_dir):
+            raise DataError(f"annotation directory {self.ann_dir} does not exist")
+        if self.split is not None:
+            if not os.path.isfile(self.split):
+                raise DataError(f"split file {self.split} does not exist")
+            with open(self.split) as f:
+                stems = [line.strip() for line in f if line.strip()]
+            rel = [s + self.img_suffix for s in stems]
+            absent = [os.path.join(self.img_dir, r) for r in rel if not os.path.isfile(os.path.join(self.img_dir, r))]
+            if absent:
+                raise DataError(f"split {self.split} names {len(absent)} image(s) that do not exist: {_listing(absent)}")
+        else:
+            rel = []
+            for root, _, files in os.walk(self.img_dir, followlinks=True):
+                for name in files:
+                    if name.endswith(self.img_suffix):
+                        rel.append(os.path.relpath(os.path.join(root, name), self.img_dir))
+        rel = sorted(rel)
+        if not rel:
+            raise DataError(f"no images ending in {self.img_suffix!r} found in {self.img_dir}")
+        samples = [{"img_path": os.path.join(self.img_dir, r), "seg_path": self._seg_path(r)} for r in rel]
+        missing = [f"{s['img_path']} (expected mask {s['seg_path']})"
+                   for s in samples if s["seg_path"] is not None and not os.path.isfile(s["seg_path"])]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) have no mask: {_listing(missing)}")
+        return samples
+
+    # ------------------------------------------------------------------ access
+    @property
+    def samples(self) -> List[Dict[str, Optional[str]]]:
+        """``[{"img_path", "seg_path"}]``, sorted, absolute paths (``seg_path`` None without ann_dir)."""
+        return [dict(s) for s in self._samples]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        sample = self._samples[idx]
+        return self.prepare_test(sample) if self.test_mode else self.prepare_train(sample)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.CLASSES)
+
+    def dataset_fields(self) -> Dict[str, Any]:
+        """Fields every results dict gets before the pipeline runs (read by LoadAnnotations)."""
+        return {
+            "label_map": self.label_map,
+            "reduce_zero_label": self.reduce_zero_label,
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+        }
+
+    def manifest(self) -> pa.Table:
+        """One row per sample: paths plus the dataset's metadata (repeated per row so each row is
+        self-contained for Ray Data). ``label_map`` is a map<int64, int64> column (rows read back as
+        lists of pairs); ``pipeline`` is the pipeline config list as a JSON string."""
+        n = len(self._samples)
+        label_items = sorted(self.label_map.items()) if self.label_map else None
+        columns = {
+            "img_path": pa.array([s["img_path"] for s in self._samples], pa.string()),
+            "seg_path": pa.array([s["seg_path"] for s in self._samples], pa.string()),
+            "num_classes": pa.array([self.num_classes] * n, pa.int64()),
+            "class_names": pa.array([list(self.CLASSES)] * n, pa.list_(pa.string())),
+            "palette": pa.array([self.PALETTE] * n, pa.list_(pa.list_(pa.int64()))),
+            "ignore_index": pa.array([self.ignore_index] * n, pa.int64()),
+            "label_map": pa.array([label_items] * n, pa.map_(pa.int64(), pa.int64())),
+            "reduce_zero_label": pa.array([self.reduce_zero_label] * n, pa.bool_()),
+            "pipeline": pa.array([json.dumps(self.pipeline_cfg)] * n, pa.string()),
+        }
+        return pa.table(columns)
+
+    # ------------------------------------------------------------------ pipelines
+    def prepare_train(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        """Add the dataset fields to a copy of ``sample`` and run the pipeline."""
+        results = dict(sample)
+        results.update(self.dataset_fields())
+        return self.pipeline(results)
+
+    def prepare_test(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        """Run the (test) pipeline for the image, then load the ground truth at the ORIGINAL size.
+
+        MMSeg evaluates against the original-size mask while ``img`` is the resized test image, so
+        ``gt_semantic_seg`` comes from LoadAnnotations (label_map, reduce_zero_label, range check) and is
+        not passed through the pipeline's geometric steps.
+        """
+        seg_bytes = sample.get("seg_bytes")
+        results = dict(sample)
+        results.update(self.dataset_fields())
+        results = self.pipeline(results)
+        results.pop("seg_bytes", None)  # raw bytes are not part of the output batch
+        if sample.get("seg_path") is None and seg_bytes is None:
+            return results
+        gt = {
+            "seg_path": sample.get("seg_path"),
+            "filename": results.get("filename", sample.get("img_path")),
+            "ori_shape": results.get("ori_shape"),
+            **self.dataset_fields(),
+        }
+        if seg_bytes is not None:
+            gt["seg_bytes"] = seg_bytes
+        gt = LoadAnnotations()(gt)
+        results["gt_semantic_seg"] = gt["gt_semantic_seg"]
+        return results
+
+    def validate(self, check_sizes: bool = True) -> None:
+        """Check that each mask has its image's size, reading only file headers (PIL opens lazily)."""
+        if not check_sizes:
+            return
+        bad = []
+        for s in self._samples:
+            if s["seg_path"] is None:
+                continue
+            try:
+                with Image.open(s["img_path"]) as im, Image.open(s["seg_path"]) as seg:
+                    img_size, seg_size = im.size, seg.size
+            except Exception as exc:
+                raise DataError(f"cannot read the header of {s['img_path']} or {s['seg_path']}: {exc}") from exc
+            if img_size != seg_size:
+                bad.append(f"mask {s['seg_path']} is {seg_size[0]}x{seg_size[1]} but image {s['img_path']} "
+                           f"is {img_size[0]}x{img_size[1]} (WxH)")
+        if bad:
+            raise DataError(f"{len(bad)} mask(s) differ in size from their image: {_listing(bad)}")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(img_dir={self.img_dir!r}, ann_dir={self.ann_dir!r}, "
+                f"num_samples={len(self)}, classes={len(self.CLASSES)})")
+
+
+def build_dataset(cfg: Dict[str, Any], **default_args: Any) -> CustomDataset:
+    """Build a dataset from ``{"type": "CamVidDataset", ...}`` (see the DATASETS registry)."""
+    return build(cfg, DATASETS, **default_args)

@@ -1,0 +1,87 @@
+"""Shared fixtures: one Ray head per test session (loopback only), tiny generated datasets."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Must be set before Ray starts: keeps every Ray process on 127.0.0.1 (see DESIGN.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CAMVID_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "camvid").resolve()
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A Ray head started with ``ray start`` on loopback, with the job server (dashboard)."""
+
+    def __init__(self, tmp: Path, num_cpus: int = 4):
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+               f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+        self._wait_for_dashboard()
+
+    def _wait_for_dashboard(self, timeout: float = 120) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=5):
+                    return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"Ray dashboard did not come up at {self.dashboard_url}")
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One Ray head for the whole session; tests connect with ``ray.init(address=head.address)``."""
+    import ray
+
+    head = RayHead(tmp_path_factory.mktemp("ray"))
+    ray.init(address=head.address)
+    yield head
+    ray.shutdown()
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small synthetic shapes dataset (64×64 images) in the custom img_dir/ann_dir layout."""
+    from rayseg.datasets.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo_data")
+    make_demo_dataset(str(root), num_train=24, num_val=6, size=(64, 64), seed=0)
+    return root
+
+
+@pytest.fixture
+def camvid_root() -> Path:
+    if not (CAMVID_ROOT / "img_dir").is_dir():
+        pytest.skip(f"CamVid not found at {CAMVID_ROOT} (the shared data folder is absent)")
+    return CAMVID_ROOT
