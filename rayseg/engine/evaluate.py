@@ -11,6 +11,7 @@ import torch.distributed as dist
 from rayseg.evaluation import SegMetric
 
 SUMMARY_KEYS = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+PER_CLASS_KEYS = ("IoU", "Acc", "Dice", "Fscore", "Precision", "Recall")
 
 
 def all_reduce_metric(metric: SegMetric) -> SegMetric:
@@ -22,7 +23,7 @@ def all_reduce_metric(metric: SegMetric) -> SegMetric:
     stacked = torch.from_numpy(np.stack([np.asarray(areas[k], dtype=np.int64) for k in keys]))
     dist.all_reduce(stacked)
     reduced = SegMetric(metric.num_classes, ignore_index=metric.ignore_index, class_names=metric.class_names)
-    reduced.add_areas(**{k: stacked[i].numpy() for i, k in enumerate(keys)})
+    reduced.add_areas({k: stacked[i].numpy() for i, k in enumerate(keys)})
     return reduced
 
 

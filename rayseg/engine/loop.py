@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, save_train_state, unwrap
-from rayseg.engine.evaluate import evaluate_shard, flatten_eval_metrics
+from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.errors import DataError
@@ -33,6 +34,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def _format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def console(message: str) -> None:
+    """Write one line to the worker's stdout, which Ray forwards to the driver's console.
+
+    ``sys.stdout.write`` rather than ``print``: Ray Train patches ``print`` in workers to tee into its
+    logger, which shows every line twice on the driver.
+    """
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 def _world() -> tuple[int, int]:
@@ -67,6 +78,21 @@ class _BatchStream:
                             "this is a bug in the stream length computation") from None
 
 
+def _quiet_worker_logs() -> None:
+    """Keep the driver console readable: Ray Train logs every report at INFO, and DDP warns about the
+    stride layout of 1×1-conv gradients, which costs nothing here."""
+    import logging
+    import warnings
+
+    try:  # a private module whose logger is named after its file path, so it can't be addressed by name
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):
+        pass
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
     """Build the model and optimizer, restore any checkpoint, then train to ``runner.max_iters``."""
     import ray.train
@@ -75,6 +101,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     from rayseg.datasets.ray_data import DeviceNormalizer
     from rayseg.models import build_segmentor, uses_sync_bn
 
+    _quiet_worker_logs()
     cfg = config["cfg"]
     threads = config.get("torch_threads") or 1
     torch.set_num_threads(int(threads))
@@ -165,8 +192,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         metrics["time"] = sec_per_iter
         if rank == 0:
             loss_txt = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if "loss" in k or "acc" in k)
-            print(f"Iter [{done}/{max_iters}]  lr: {lr:.3e}, eta: {_format_eta(sec_per_iter * (max_iters - done))}, "
-                  f"time: {sec_per_iter:.3f}s/it, {loss_txt}", flush=True)
+            console(f"Iter [{done}/{max_iters}]  lr: {lr:.3e}, eta: {_format_eta(sec_per_iter * (max_iters - done))}, "
+                    f"time: {sec_per_iter:.3f}s/it, {loss_txt}")
         sums.clear()
         count = 0
         if is_eval:
@@ -175,10 +202,10 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
                                      ignore_index=255)
             model.train()
             metrics.update(flatten_eval_metrics(results, class_names))
-            metrics["per_class"] = {k: results[k] for k in ("IoU", "Acc", "Dice")}
+            metrics["per_class"] = {k: results[k] for k in PER_CLASS_KEYS}
             if rank == 0:
-                print(f"Iter(val) [{done}]  aAcc: {results['aAcc']:.2f}, mIoU: {results['mIoU']:.2f}, "
-                      f"mAcc: {results['mAcc']:.2f}", flush=True)
+                console(f"Iter(val) [{done}]  aAcc: {results['aAcc']:.2f}, mIoU: {results['mIoU']:.2f}, "
+                        f"mAcc: {results['mAcc']:.2f}")
         if is_ckpt:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None

@@ -8,8 +8,23 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum a tensor over all workers; the gradient of a sum is the sum of the workers' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class CPUSyncBatchNorm(_BatchNorm):
@@ -27,7 +42,7 @@ class CPUSyncBatchNorm(_BatchNorm):
         dims = [0] + list(range(2, input.dim()))
         count = torch.tensor([input.numel() / input.size(1)], dtype=input.dtype, device=input.device)
         stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        stats = differentiable_all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         c = input.size(1)
         total = stats[-1]
         mean = stats[:c] / total

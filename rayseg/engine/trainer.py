@@ -7,6 +7,7 @@ import os
 from typing import Any, Dict, Optional
 
 from rayseg.config import dump_config
+from rayseg.engine.evaluate import SUMMARY_KEYS
 from rayseg.engine.checkpoint import atomic_torch_save, load_weights_file, weights_file_payload
 from rayseg.errors import ConfigError
 
@@ -48,7 +49,18 @@ def ensure_ray(cfg: Dict[str, Any], address: Optional[str] = None) -> None:
     actors = _num_ingest_actors(cfg)
     # Logical CPUs: enough for the workers plus the ingest actors, at least the machine's cores.
     needed = math.ceil(int(sc.get("num_workers", 1)) * per_worker + 2 * actors * INGEST_ACTOR_CPUS) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), dashboard_host="127.0.0.1")
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's per-operator progress bars would drown the training progress line on the console."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def _num_ingest_actors(cfg: Dict[str, Any]) -> int:
@@ -60,7 +72,7 @@ def _num_ingest_actors(cfg: Dict[str, Any]) -> int:
 def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Optional[str] = None,
           address: Optional[str] = None) -> Dict[str, Any]:
     """Train the model described by ``cfg`` on Ray; returns paths, final metrics and the MLflow run."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig
+    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from rayseg.datasets import build_dataset
@@ -80,6 +92,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
         f.write(dump_config(cfg))
 
     ensure_ray(cfg, address)
+    _quiet_ray_data()
     data = cfg["data"]
     train_set = build_dataset(data["train"])
     eval_interval = int((cfg.get("evaluation") or {}).get("interval") or 0)
@@ -105,6 +118,8 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     ckpt_cfg = cfg.get("checkpoint_config") or {}
     run_config = RunConfig(
         name=os.path.basename(work_dir), storage_path=storage,
+        # Ray Train's INFO lines (one per report) would bury the progress line.
+        logging_config=LoggingConfig(log_level="WARNING"),
         checkpoint_config=CheckpointConfig(num_to_keep=ckpt_cfg.get("max_keep_ckpts")),
         callbacks=[TrainLogCallback(log_path, run.tracking_uri if run else None, run.run_id if run else None)])
     per_worker_cpus = (cfg.get("scaling") or {}).get("resources_per_worker") or {}
@@ -139,7 +154,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     final = dict(result.metrics or {})
     names = list(getattr(train_set, "CLASSES", None) or [])
     if "per_class" in final and "mIoU" in final:
-        results = {k: final[k] for k in ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")}
+        results = {k: final[k] for k in SUMMARY_KEYS}
         results.update(final["per_class"])
         table = format_tables(results, names)
         summary["table"] = table
