@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import secrets
 import socket
 import subprocess
 import sys
@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray 2.60 enables token authentication; give the test cluster its own token so every client the tests
+# start (ray.init, the `ray` CLI, job submission) uses it regardless of ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "camvid").resolve()
@@ -40,9 +44,14 @@ class RayHead:
                f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=180)
-        self._wait_for_dashboard()
+        try:
+            self._wait_for_dashboard()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_for_dashboard(self, timeout: float = 120) -> None:
+        import urllib.error
         import urllib.request
 
         deadline = time.time() + timeout
@@ -50,6 +59,8 @@ class RayHead:
             try:
                 with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=5):
                     return
+            except urllib.error.HTTPError:
+                return  # it answers; 401 means Ray's token authentication, which the CLI handles
             except OSError:
                 time.sleep(1)
         raise RuntimeError(f"Ray dashboard did not come up at {self.dashboard_url}")
