@@ -36,9 +36,10 @@ class DemoShapesDataset(CustomDataset):
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
-    """A smooth random colour field plus optional stripes; returns (float image, base colour)."""
-    base = rng.uniform(0, 255, 3)
-    coarse = rng.normal(0, 35, (4, 4, 3)).astype(np.float32)
+    """A smooth, weakly saturated random colour field plus optional stripes; returns (float image, base)."""
+    grey = rng.uniform(40, 215)
+    base = grey + rng.uniform(-25, 25, 3)  # low saturation: shapes stand out by colour strength
+    coarse = rng.normal(0, 25, (4, 4, 3)).astype(np.float32)
     img = base.astype(np.float32) + cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     if rng.random() < 0.5:  # stripes give texture that is not a shape
         period = rng.uniform(6, 20)
@@ -49,19 +50,23 @@ def _background(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, n
     return img, base
 
 
-def _colour_away_from(rng: np.random.Generator, base: np.ndarray) -> Tuple[float, float, float]:
-    """A random colour at least a fixed distance from the background colour (keeps the task easy)."""
-    for _ in range(20):
-        colour = rng.uniform(0, 255, 3)
-        if np.abs(colour - base).sum() > 150:
-            break
-    return tuple(float(c) for c in colour)
+# OpenCV hue (0-180) around which each class's colours vary: circles reddish, rectangles greenish,
+# triangles bluish. The colour cue plus the shape makes the demo learnable in a few hundred iterations.
+_CLASS_HUES = {1: 0, 2: 60, 3: 120}
+
+
+def _class_colour(rng: np.random.Generator, cls: int) -> Tuple[float, float, float]:
+    """A saturated BGR colour from the class's hue family."""
+    hue = (_CLASS_HUES[cls] + rng.uniform(-15, 15)) % 180
+    hsv = np.array([[[hue, rng.uniform(170, 255), rng.uniform(130, 255)]]], np.float32).astype(np.uint8)
+    bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
+    return tuple(float(c) for c in bgr)
 
 
 def _shape_polygon(rng: np.random.Generator, cls: int, h: int, w: int) -> Tuple[str, Any]:
     size = min(h, w)
     cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-    r = rng.uniform(0.1, 0.24) * size
+    r = rng.uniform(0.12, 0.26) * size
     if cls == 1:
         return "circle", ((int(round(cx)), int(round(cy))), max(int(round(r)), 2))
     if cls == 2:
@@ -82,7 +87,7 @@ def make_demo_sample(rng: np.random.Generator, size: Sequence[int]) -> Tuple[np.
     for _ in range(int(rng.integers(1, 5))):
         cls = int(rng.integers(1, 4))
         kind, geom = _shape_polygon(rng, cls, h, w)
-        colour = _colour_away_from(rng, base)
+        colour = _class_colour(rng, cls)
         # Same rasteriser (no anti-aliasing) for image and mask, so labels match pixels exactly;
         # later shapes occlude earlier ones in both.
         if kind == "circle":
