@@ -61,6 +61,7 @@ BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
 HEADS = Registry("head")
 LOSSES = Registry("loss")
+PIXEL_SAMPLERS = Registry("pixel sampler")
 TRANSFORMS = Registry("transform")
 DATASETS = Registry("dataset")
 

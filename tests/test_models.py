@@ -36,6 +36,20 @@ TINY_HEADS = {
 }
 
 
+# Model-zoo parts keep their tiny configs in their own modules (one per group of parts).
+import tiny_parts_backbones  # noqa: E402
+import tiny_parts_heads  # noqa: E402
+
+BACKBONE_STRIDES = {}  # name -> output strides, when not (4, 8, 16, 32)
+HEAD_OUTPUT_STRIDE = {}  # name -> stride of the head's logits w.r.t. the image, when not 32
+for _group in (tiny_parts_backbones, tiny_parts_heads):
+    for _name, (_cfg, _channels, _strides) in getattr(_group, "TINY_BACKBONES", {}).items():
+        TINY_BACKBONES[_name] = (_cfg, _channels)
+        BACKBONE_STRIDES[_name] = _strides
+    TINY_HEADS.update(getattr(_group, "TINY_HEADS", {}))
+    HEAD_OUTPUT_STRIDE.update(getattr(_group, "HEAD_OUTPUT_STRIDE", {}))
+
+
 def tiny_model_cfg(head="PSPHead", aux=True, test_cfg=None):
     backbone = dict(type="ResNetV1c", depth=18, base_channels=8, stem_channels=8, **D8, contract_dilation=True)
     cfg = dict(type="EncoderDecoder", backbone=backbone, decode_head=copy.deepcopy(TINY_HEADS[head]),
@@ -77,9 +91,9 @@ def test_backbone_forward_backward(name):
     for h, w in SIZES:
         net.train()
         outs = net(torch.randn(2, 3, h, w))
-        assert isinstance(outs, tuple) and len(outs) == 4
-        assert tuple(o.shape[1] for o in outs) == channels == net.out_channels
-        strides = (4, 8, 8, 8) if d8 else (4, 8, 16, 32)
+        assert isinstance(outs, tuple) and len(outs) == len(channels)
+        assert tuple(o.shape[1] for o in outs) == tuple(channels) == tuple(net.out_channels)
+        strides = BACKBONE_STRIDES.get(name) or ((4, 8, 8, 8) if d8 else (4, 8, 16, 32))
         for o, s in zip(outs, strides):
             assert o.shape[2:] == (-(-h // s), -(-w // s)), (o.shape, s)
         sum(o.mean() for o in outs).backward()
@@ -164,7 +178,8 @@ def test_head_forward_losses(name):
         head.train()
         feats = features(size=size)
         logits = head(feats)
-        assert logits.shape == (2, NUM_CLASSES, size[0] // 32, size[1] // 32)
+        stride = HEAD_OUTPUT_STRIDE.get(name, 32)
+        assert logits.shape == (2, NUM_CLASSES, size[0] // stride, size[1] // stride)
         losses = head.losses(logits, labels(size).unsqueeze(1))
         assert set(losses) == {"loss_ce", "acc_seg"}
         assert not losses["acc_seg"].requires_grad and 0 <= losses["acc_seg"] <= 100
