@@ -13,14 +13,21 @@ def main() -> int:
     parser.add_argument("--work-dir", help="where latest.pth, log.jsonl and the tables go")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. runner.max_iters=100 data.samples_per_gpu=4")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the work dir: weights, optimizer, lr schedule, iteration, data position")
+    parser.add_argument("--load-from", help="initialise the weights from this .pth / checkpoint and start at iteration 0")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new local instance)")
     args = parser.parse_args()
     try:
         cfg = load_config(args.config, args.cfg_options)
-        summary = train(cfg, work_dir=args.work_dir, config_path=args.config, address=args.address)
+        summary = train(cfg, work_dir=args.work_dir, config_path=args.config, address=args.address,
+                        resume=args.resume, load_from=args.load_from)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if summary.get("already_finished"):
+        print(f"The run in {summary['work_dir']} already finished at iteration {summary['iter']}; nothing to do.")
+        return 0
     if summary.get("table"):
         print(summary["table"])
     print(f"work dir: {summary['work_dir']}")

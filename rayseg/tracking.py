@@ -119,3 +119,19 @@ def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = N
     for i in range(0, len(params), 100):
         handle._guard("log_params", client.log_batch, run.info.run_id, params=params[i:i + 100])
     return handle
+
+
+def resume_run(cfg: Dict[str, Any], work_dir: str, run_id: str) -> Optional[MlflowRun]:
+    """Reopen the MLflow run of a resumed job so its history stays one run; a new run if it is gone."""
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = resolve_tracking_uri(cfg, work_dir)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+    except Exception as exc:
+        warnings.warn(f"cannot reopen MLflow run {run_id} at {uri} ({exc}); starting a new run", RuntimeWarning,
+                      stacklevel=2)
+        return start_run(cfg, work_dir)
+    return MlflowRun(uri, run_id, run.info.experiment_id)

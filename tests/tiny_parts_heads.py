@@ -5,5 +5,16 @@ TINY_HEADS: name -> config taking features of channels (8, 16, 32, 64) at stride
 HEAD_OUTPUT_STRIDE: name -> stride of the head's logits when not 32.
 """
 TINY_BACKBONES = {}
-TINY_HEADS = {}
-HEAD_OUTPUT_STRIDE = {}
+_BN = dict(type="BN")
+_MULTI = dict(in_channels=[8, 16, 32, 64], in_index=[0, 1, 2, 3], channels=8, num_classes=3, norm_cfg=_BN)
+TINY_HEADS = {
+    "ASPPHead": dict(type="ASPPHead", in_channels=64, in_index=3, channels=8, dilations=(1, 2, 3),
+                     num_classes=3, norm_cfg=_BN),
+    # DeepLabV3+: ASPP on the stride-32 map, decoder on inputs[0] (stride 4).
+    "DepthwiseSeparableASPPHead": dict(type="DepthwiseSeparableASPPHead", in_channels=64, in_index=3, channels=8,
+                                       dilations=(1, 2, 3), c1_in_channels=8, c1_channels=4, num_classes=3,
+                                       norm_cfg=_BN),
+    "UPerHead": dict(type="UPerHead", pool_scales=(1, 2, 3), **_MULTI),
+    "SegformerHead": dict(type="SegformerHead", **_MULTI),
+}
+HEAD_OUTPUT_STRIDE = {"ASPPHead": 32, "DepthwiseSeparableASPPHead": 4, "UPerHead": 4, "SegformerHead": 4}

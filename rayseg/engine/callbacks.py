@@ -19,6 +19,20 @@ def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def last_logged_iter(log_path: str) -> int:
+    """The highest ``iter`` in an existing log.jsonl (0 when there is none)."""
+    if not os.path.isfile(log_path):
+        return 0
+    last = 0
+    with open(log_path) as f:
+        for line in f:
+            try:
+                last = max(last, int(json.loads(line).get("iter", 0)))
+            except (ValueError, AttributeError):
+                continue  # a line cut short by a crash; the rest of the log is still good
+    return last
+
+
 class TrainLogCallback(UserCallback):
     """Appends rank 0's metrics of every ``ray.train.report`` to ``log.jsonl`` and logs them to MLflow."""
 
@@ -27,6 +41,9 @@ class TrainLogCallback(UserCallback):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self._run = None
+        # After a resume or a worker-group restart, iterations up to the last one already written are
+        # replayed; skipping them keeps log.jsonl and the MLflow history free of duplicate steps.
+        self.last_iter = last_logged_iter(log_path)
 
     def _mlflow(self):
         if self._run is None and self.run_id:
@@ -39,6 +56,9 @@ class TrainLogCallback(UserCallback):
         if not metrics:
             return
         record = scalar_metrics(metrics[0])
+        if record.get("iter", 0) <= self.last_iter:
+            return
+        self.last_iter = record.get("iter", self.last_iter)
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")

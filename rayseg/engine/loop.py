@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rayseg.engine.checkpoint import TRAIN_STATE_FILE, save_train_state, unwrap
+from rayseg.engine.checkpoint import TRAIN_STATE_FILE, load_model_weights, save_train_state, unwrap
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.engine.sync_bn import convert_sync_batchnorm
@@ -125,8 +125,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             restored = torch.load(os.path.join(folder, TRAIN_STATE_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(restored["state_dict"])
         start_iter = int(restored["meta"]["iter"])
-    elif config.get("init_weights"):
-        model.load_state_dict(config["init_weights"])
+    elif config.get("init_weights") is not None:
+        load_model_weights(model, config["init_weights"], str(cfg.get("load_from")))
 
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
         if world > 1 else model.to(device)

@@ -1,14 +1,11 @@
 """The training driver: datasets → Ray Train ``TorchTrainer`` → latest.pth, log.jsonl and an MLflow run."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, Optional
 
 from rayseg.config import dump_config
-from rayseg.engine.evaluate import SUMMARY_KEYS
-from rayseg.engine.checkpoint import atomic_torch_save, load_weights_file, weights_file_payload
 from rayseg.errors import ConfigError
 
 # Fraction of a CPU each decode/augment actor asks Ray for; the actors mostly wait on I/O and OpenCV,
@@ -69,28 +66,91 @@ def _num_ingest_actors(cfg: Dict[str, Any]) -> int:
     return max(1, per_worker * int((cfg.get("scaling") or {}).get("num_workers", 1)))
 
 
+class TrainStreamFactory:
+    """Builds the training stream from where the run stands when Ray Train (re)starts the workers.
+
+    Ray Train calls it at every worker-group start, so after a failure the stream resumes at the
+    latest checkpoint's position instead of replaying the job's data from the beginning.
+    """
+
+    def __init__(self, dataset, run_dir: str, fallback_iter: int, max_iters: int, batch: int, world: int,
+                 seed: int, actors: int):
+        self.dataset, self.run_dir, self.fallback_iter = dataset, run_dir, fallback_iter
+        self.max_iters, self.batch, self.world, self.seed, self.actors = max_iters, batch, world, seed, actors
+
+    def __call__(self):
+        from rayseg.datasets.ray_data import build_train_stream
+        from rayseg.engine.resume import latest_checkpoint
+
+        _quiet_ray_data()  # this runs in Ray Train's controller, whose DataContext is its own
+        found = latest_checkpoint(self.run_dir)
+        start_iter = found[1] if found else self.fallback_iter
+        per_iter = self.batch * self.world
+        # One extra batch per worker: Ray's equal split may trim a few rows.
+        rows = (self.max_iters - start_iter + 1) * per_iter
+        return build_train_stream(self.dataset, rows, seed=self.seed, start_position=start_iter * per_iter,
+                                  num_actors=self.actors, actor_num_cpus=INGEST_ACTOR_CPUS)
+
+
+def _start_point(cfg: Dict[str, Any], run_dir: str, work_dir: str, resume: bool) -> tuple:
+    """(iteration to start from, checkpoint folder to resume from or None), MMSeg's resume semantics."""
+    from rayseg.engine.resume import checkpoint_iteration, latest_checkpoint
+
+    previous = latest_checkpoint(run_dir)
+    resume_from = cfg.get("resume_from")
+    if resume_from:
+        if previous:
+            raise ConfigError(f"resume_from={resume_from} but {work_dir} already holds its own run (latest "
+                              f"checkpoint {previous[0]}); use --resume for that run or another --work-dir")
+        return checkpoint_iteration(resume_from), resume_from
+    if previous and not resume:
+        raise ConfigError(f"{work_dir} already holds a run that reached iteration {previous[1]} ({previous[0]}); "
+                          "pass --resume to continue it, or choose another --work-dir")
+    return (previous[1], None) if previous else (0, None)
+
+
 def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Optional[str] = None,
-          address: Optional[str] = None) -> Dict[str, Any]:
-    """Train the model described by ``cfg`` on Ray; returns paths, final metrics and the MLflow run."""
-    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig
+          address: Optional[str] = None, resume: bool = False, load_from: Optional[str] = None) -> Dict[str, Any]:
+    """Train the model described by ``cfg`` on Ray; returns paths, final metrics and the MLflow run.
+
+    ``resume`` continues the run already in the work dir (model, optimizer, schedule, iteration, RNG
+    and data position); ``load_from`` (or ``cfg['load_from']``) only initialises the weights and starts
+    at iteration 0, as in MMSeg.
+    """
+    from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from rayseg.datasets import build_dataset
-    from rayseg.datasets.ray_data import build_eval_stream, build_train_stream
+    from rayseg.datasets.ray_data import build_eval_stream
     from rayseg.engine.callbacks import TrainLogCallback
+    from rayseg.engine.checkpoint import load_weights_file
     from rayseg.engine.loop import train_loop_per_worker
-    from rayseg.evaluation import format_tables, metrics_to_json, per_class_csv
-    from rayseg.tracking import start_run, ui_command, run_url
+    from rayseg.engine.outputs import mlflow_summary, write_final_outputs
+    from rayseg.engine.resume import read_run_state, write_run_state
+    from rayseg.tracking import resume_run, start_run
 
     work_dir = resolve_work_dir(cfg, work_dir, config_path)
     os.makedirs(work_dir, exist_ok=True)
-    cfg = dict(cfg, work_dir=work_dir)
+    load_from = load_from or cfg.get("load_from")
+    cfg = dict(cfg, work_dir=work_dir, load_from=load_from)
     if (cfg.get("runner") or {}).get("type", "IterBasedRunner") != "IterBasedRunner":
         raise ConfigError(f"runner.type: only IterBasedRunner is supported, got {cfg['runner'].get('type')!r}")
+    max_iters = int(cfg["runner"]["max_iters"])
+    storage = cfg.get("storage_path") or os.path.join(work_dir, "ray_results")
+    name = os.path.basename(work_dir)
+    run_dir = os.path.join(storage, name)
+    start_iter, resume_from = _start_point(cfg, run_dir, work_dir, resume)
+    log_path = os.path.join(work_dir, "log.jsonl")
+    if start_iter >= max_iters:
+        return {"work_dir": work_dir, "log": log_path, "already_finished": True, "iter": start_iter,
+                "latest": os.path.join(work_dir, "latest.pth")}
+    init_weights = None
+    if load_from and start_iter == 0 and not resume_from:
+        init_weights = load_weights_file(load_from)["state_dict"]  # fails early, naming the file
+
     config_file = os.path.join(work_dir, "config.yaml")
     with open(config_file, "w") as f:
         f.write(dump_config(cfg))
-
     ensure_ray(cfg, address)
     _quiet_ray_data()
     data = cfg["data"]
@@ -99,40 +159,40 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     val_set = build_dataset(data["val"]) if eval_interval and data.get("val") else None
 
     scaling = _scaling(cfg)
-    world = scaling.num_workers
-    batch = int(data["samples_per_gpu"])
-    max_iters = int(cfg["runner"]["max_iters"])
-    # One extra batch per worker: Ray's equal split may trim a few rows.
-    rows = (max_iters + 1) * batch * world
     actors = _num_ingest_actors(cfg)
-    datasets = {"train": build_train_stream(train_set, rows, seed=int(cfg.get("seed") or 0),
-                                            num_actors=actors, actor_num_cpus=INGEST_ACTOR_CPUS)}
+    datasets: Dict[str, Any] = {"train": TrainStreamFactory(
+        train_set, run_dir, start_iter, max_iters, int(data["samples_per_gpu"]), scaling.num_workers,
+        int(cfg.get("seed") or 0), actors)}
     if val_set is not None:
         datasets["val"] = build_eval_stream(val_set, num_actors=max(1, actors // 2), actor_num_cpus=INGEST_ACTOR_CPUS)
 
-    run = start_run(cfg, work_dir, config_path)
+    state = read_run_state(work_dir)
+    run = resume_run(cfg, work_dir, state.get("mlflow_run_id")) if start_iter and state.get("mlflow_run_id") \
+        else start_run(cfg, work_dir, config_path)
     if run is not None:
+        write_run_state(work_dir, {"mlflow_run_id": run.run_id})
         run.log_artifact(config_file)
-    log_path = os.path.join(work_dir, "log.jsonl")
-    storage = cfg.get("storage_path") or os.path.join(work_dir, "ray_results")
     ckpt_cfg = cfg.get("checkpoint_config") or {}
+    failure = cfg.get("failure") or {}
     run_config = RunConfig(
-        name=os.path.basename(work_dir), storage_path=storage,
+        name=name, storage_path=storage,
         # Ray Train's INFO lines (one per report) would bury the progress line.
         logging_config=LoggingConfig(log_level="WARNING"),
+        failure_config=FailureConfig(max_failures=int(failure.get("max_failures", 0))),
         checkpoint_config=CheckpointConfig(num_to_keep=ckpt_cfg.get("max_keep_ckpts")),
         callbacks=[TrainLogCallback(log_path, run.tracking_uri if run else None, run.run_id if run else None)])
     per_worker_cpus = (cfg.get("scaling") or {}).get("resources_per_worker") or {}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "cfg": cfg, "has_val": val_set is not None,
+            "cfg": cfg, "has_val": val_set is not None, "init_weights": init_weights,
             "val_pipeline": data["val"]["pipeline"] if val_set is not None else None,
             "class_names": list(train_set.CLASSES) if getattr(train_set, "CLASSES", None) else None,
             "torch_threads": max(1, int(per_worker_cpus.get("CPU", 1))),
         },
         scaling_config=scaling, run_config=run_config, datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"))
+        dataset_config=DataConfig(datasets_to_split="all"),
+        resume_from_checkpoint=Checkpoint.from_directory(resume_from) if resume_from else None)
     try:
         result = trainer.fit()
     except BaseException:
@@ -140,36 +200,10 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
             run.finish("FAILED")
         raise
 
-    summary: Dict[str, Any] = {"work_dir": work_dir, "log": log_path}
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as folder:
-            state = load_weights_file(folder)
-        latest = os.path.join(work_dir, "latest.pth")
-        atomic_torch_save(weights_file_payload(state["state_dict"], cfg, state["meta"].get("iter", max_iters),
-                                               classes=getattr(train_set, "CLASSES", None),
-                                               palette=getattr(train_set, "PALETTE", None)), latest)
-        summary["latest"] = latest
-        if run is not None:
-            run.log_artifact(latest, "weights")
-    final = dict(result.metrics or {})
-    names = list(getattr(train_set, "CLASSES", None) or [])
-    if "per_class" in final and "mIoU" in final:
-        results = {k: final[k] for k in SUMMARY_KEYS}
-        results.update(final["per_class"])
-        table = format_tables(results, names)
-        summary["table"] = table
-        summary["metrics"] = metrics_to_json(results, names)
-        for name, text in (("val_table.txt", table), ("per_class.csv", per_class_csv(results, names)),
-                           ("val_metrics.json", json.dumps(summary["metrics"], indent=2))):
-            path = os.path.join(work_dir, name)
-            with open(path, "w") as f:
-                f.write(text)
-            if run is not None:
-                run.log_artifact(path, "evaluation")
+    summary: Dict[str, Any] = {"work_dir": work_dir, "log": log_path, "start_iter": start_iter}
+    summary.update(write_final_outputs(result, cfg, work_dir, train_set, run))
     if run is not None:
         run.log_artifact(log_path)
         run.finish("FINISHED")
-        summary["mlflow"] = {"tracking_uri": run.tracking_uri, "run_id": run.run_id,
-                             "ui": ui_command(run.tracking_uri),
-                             "url": run_url(run.tracking_uri, run.experiment_id, run.run_id)}
+        summary["mlflow"] = mlflow_summary(run)
     return summary

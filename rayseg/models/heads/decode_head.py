@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from rayseg.errors import ConfigError
 from rayseg.models.utils import load_pretrained, resize
-from rayseg.registry import LOSSES, build
+from rayseg.registry import LOSSES, PIXEL_SAMPLERS, build
 
 LossCfg = Union[Dict[str, Any], Sequence[Dict[str, Any]]]
 
@@ -39,8 +39,8 @@ class BaseDecodeHead(nn.Module):
             or ``'multiple_select'`` (pass the selected list on).
         loss_decode: one loss config or a list; terms with the same ``loss_name`` are summed.
         ignore_index: label value excluded from losses and accuracy.
-        sampler: a pixel sampler object with ``sample(seg_logit, seg_label) -> weight`` (configs for
-            samplers are not supported yet).
+        sampler: a pixel sampler config (e.g. ``{type: OHEMPixelSampler, thresh: 0.7, min_kept: 100000}``,
+            built with ``context=self``) or an object with ``sample(seg_logit, seg_label) -> weight``.
         align_corners: ``align_corners`` for every bilinear resize in the head.
         init_cfg: None (MMSeg default: conv_seg ~ N(0, 0.01)) or ``{type: Pretrained, checkpoint, prefix}``.
     """
@@ -68,7 +68,8 @@ class BaseDecodeHead(nn.Module):
         else:
             raise ConfigError(f"loss_decode must be a dict or a list of dicts, got {type(loss_decode).__name__}")
         if isinstance(sampler, dict):
-            raise ConfigError(f"sampler {sampler.get('type')!r}: pixel samplers are not implemented yet")
+            # After loss_decode and ignore_index are set: the sampler reads both from its head (MMSeg's context).
+            sampler = build(sampler, PIXEL_SAMPLERS, context=self)
         self.sampler = sampler
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
