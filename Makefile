@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/python jobs/make_demo_data.py $(DEMO_DATA)
+	rm -rf $(DEMO_WORK)  # a fresh run each time; earlier runs stay in the MLflow store
 	$(BIN)/python jobs/train.py configs/demo/fcn_r18-tiny_shapes.yaml --work-dir $(DEMO_WORK)
 	$(BIN)/python jobs/test.py configs/demo/fcn_r18-tiny_shapes.yaml $(DEMO_WORK)/latest.pth --split val --out $(DEMO_WORK)/val_metrics.json
 	@echo

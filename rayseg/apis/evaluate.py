@@ -16,7 +16,8 @@ def load_model(cfg: Dict[str, Any], checkpoint: str, device: str = "cpu"):
 
     model = build_segmentor(cfg["model"])
     state = load_weights_file(checkpoint)
-    load_model_weights(model, state["state_dict"], checkpoint)
+    # Evaluating with a classifier left at its initialisation would report meaningless numbers.
+    load_model_weights(model, state["state_dict"], checkpoint, allow_num_classes_change=False)
     return model.to(device).eval()
 
 

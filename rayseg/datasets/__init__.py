@@ -4,6 +4,9 @@ from rayseg.datasets import albu, loading, photometric, transforms  # noqa: F401
 from rayseg.datasets.compose import Compose, MultiScaleFlipAug, build_pipeline, split_device_steps
 from rayseg.datasets.custom import CustomDataset, build_dataset
 from rayseg.datasets.camvid import CamVidDataset
+from rayseg.datasets.cityscapes import CityscapesDataset
+from rayseg.datasets.ade import ADE20KDataset
+from rayseg.datasets.pascal_voc import PascalVOCDataset
 from rayseg.datasets.demo import DemoShapesDataset, make_demo_dataset
 
 __all__ = [
@@ -13,6 +16,9 @@ __all__ = [
     "split_device_steps",
     "CustomDataset",
     "CamVidDataset",
+    "CityscapesDataset",
+    "ADE20KDataset",
+    "PascalVOCDataset",
     "DemoShapesDataset",
     "build_dataset",
     "make_demo_dataset",

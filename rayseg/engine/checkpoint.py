@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -43,34 +45,83 @@ def weights_file_payload(state_dict: Dict[str, torch.Tensor], cfg: Dict[str, Any
 
 
 def load_weights_file(path: str) -> Dict[str, Any]:
-    """Load a ``.pth`` weights file or a Ray checkpoint folder; returns ``{"state_dict", "meta"}``."""
-    if os.path.isdir(path):
-        inner = os.path.join(path, TRAIN_STATE_FILE)
-        if not os.path.exists(inner):
-            raise CheckpointError(f"checkpoint folder {path} has no {TRAIN_STATE_FILE}")
-        path = inner
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    if isinstance(payload, dict) and "state_dict" in payload:
-        return {"state_dict": payload["state_dict"], "meta": payload.get("meta", {}) or {}}
-    if isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values()):
+    """Load weights for ``load_from`` / testing; returns ``{"state_dict", "meta"}``.
+
+    ``path`` is a ``.pth`` file (rayseg's ``{state_dict, meta}``, MMSeg's ``{state_dict, meta,
+    optimizer, ...}`` whose optimizer is ignored, or a bare state dict), a Ray checkpoint folder
+    holding ``checkpoint.pt``, or a URL / ``open-mmlab://`` name fetched through the torch hub cache.
+    """
+    from rayseg.models.pretrained import download_checkpoint, resolve_checkpoint_url
+
+    url = resolve_checkpoint_url(path) if isinstance(path, str) else None
+    if url is not None:
+        payload = download_checkpoint(url, path)
+    else:
+        if os.path.isdir(path):
+            inner = os.path.join(path, TRAIN_STATE_FILE)
+            if not os.path.exists(inner):
+                raise CheckpointError(f"checkpoint folder {path} has no {TRAIN_STATE_FILE}")
+            path = inner
+        if not os.path.exists(path):
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt files
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        meta = dict(payload.get("meta") or {})
+        # MMSeg 0.x stores the class names as CLASSES/PALETTE; expose them under rayseg's names too.
+        for theirs, ours in (("CLASSES", "classes"), ("PALETTE", "palette")):
+            if meta.get(ours) is None and meta.get(theirs) is not None:
+                meta[ours] = meta[theirs]
+        return {"state_dict": payload["state_dict"], "meta": meta}
+    if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
         return {"state_dict": payload, "meta": {}}
     raise CheckpointError(f"{path} holds no state_dict")
 
 
+# The per-class output convolution of a decode/auxiliary head: the only layer whose shape follows
+# num_classes, so the only one allowed to differ when fine-tuning on another dataset.
+_CLASSIFIER_KEY = re.compile(r"^(decode_head|auxiliary_head(?:\.\d+)?)\.conv_seg\.(weight|bias)$")
+
+
+def _classifier_resized(key: str, theirs: tuple, ours: tuple) -> bool:
+    return bool(_CLASSIFIER_KEY.match(key)) and len(theirs) == len(ours) and theirs[0] != ours[0] \
+        and theirs[1:] == ours[1:]
+
+
 def load_model_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str,
-                       strict: bool = True) -> None:
-    """Load weights, naming the missing and unexpected keys when they do not match."""
+                       strict: bool = True, allow_num_classes_change: bool = True) -> None:
+    """Load ``state_dict`` into ``model`` for ``load_from``, checking everything before changing it.
+
+    DDP's ``module.`` is stripped. Missing or unexpected keys are a ``CheckpointError`` listing them
+    (a warning with ``strict=False``). A shape mismatch is an error naming key and shapes, except the
+    heads' ``conv_seg`` classifiers when only num_classes differs (and ``allow_num_classes_change``):
+    those stay at their initialisation and a warning says so, as when fine-tuning a Cityscapes model
+    on another dataset. Evaluation should pass ``allow_num_classes_change=False``.
+    """
+    from rayseg.models.pretrained import compare_keys, format_mismatches
+
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-    result = unwrap(model).load_state_dict(state_dict, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(
-            f"weights in {source} do not match the model: missing keys {result.missing_keys[:20]}, "
-            f"unexpected keys {result.unexpected_keys[:20]}")
+    target = unwrap(model)
+    missing, unexpected, mismatched = compare_keys(target.state_dict(), state_dict)
+    resized = [m for m in mismatched if allow_num_classes_change and _classifier_resized(*m)]
+    other = [m for m in mismatched if m not in resized]
+    if other:
+        raise CheckpointError(f"weights in {source} do not fit the model: shape mismatch for "
+                              f"{format_mismatches(other)}")
+    if missing or unexpected:
+        message = (f"weights in {source} do not match the model: missing keys {missing[:20]}, "
+                   f"unexpected keys {unexpected[:20]}")
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, stacklevel=2)
+    for head in sorted({_CLASSIFIER_KEY.match(k).group(1) for k, _, _ in resized}):
+        theirs, ours = next((a[0], b[0]) for k, a, b in resized if k.startswith(head + ".conv_seg."))
+        warnings.warn(f"{head}: num_classes differs: checkpoint {theirs}, model {ours} — classifier left at "
+                      f"its initialisation (weights from {source})", stacklevel=2)
+    skip = {k for k, _, _ in resized}
+    target.load_state_dict({k: v for k, v in state_dict.items() if k not in skip}, strict=False)
 
 
 def save_train_state(folder: str, model, optimizer, iteration: int, cfg: Dict[str, Any],

@@ -5,14 +5,14 @@ checkpoints store e.g. ``decode_head.bottleneck.conv.weight`` and ``decode_head.
 """
 from __future__ import annotations
 
-import os
+
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rayseg.errors import CheckpointError, ConfigError
+from rayseg.errors import ConfigError
 
 # Norm layer types → (attribute-name abbreviation, accepted extra keys). SyncBN is built as a plain
 # BatchNorm2d: the engine converts to SyncBatchNorm only when it actually runs >1 worker, so a
@@ -173,31 +173,18 @@ def add_prefix(inputs: Dict[str, Any], prefix: str) -> Dict[str, Any]:
 
 
 def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None) -> None:
-    """Load a local checkpoint file into ``module`` (non-strict; shape mismatches are errors).
+    """Load pretrained weights into ``module`` (non-strict; shape mismatches are errors).
 
-    Accepts a bare state dict or one under ``state_dict``/``model``; strips DDP's ``module.``. With
-    ``prefix`` (e.g. ``backbone.``) only keys under it are used, with the prefix removed.
-    Remote names (``open-mmlab://``, URLs) are refused: the workers may have no internet access.
+    ``checkpoint`` is a local path, an ``http(s)://``/``file://`` URL, ``torchvision://NAME`` or
+    ``open-mmlab://NAME``; remote files are cached by torch hub. The checkpoint may be a bare state
+    dict or hold one under ``state_dict``/``model``; DDP's ``module.`` is stripped. With ``prefix``
+    (e.g. ``backbone.``) only keys under it are used, with the prefix removed. Missing/unexpected keys
+    are warned about. See ``rayseg.models.pretrained``.
     """
-    if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
-        raise ConfigError(
-            f"pretrained checkpoint {checkpoint!r} is not a local file (downloading weights is not "
-            "supported; fetch the file and give its path)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = module.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{checkpoint}: shape mismatch for {bad[:5]}")
-    if not set(state) & {k for k in own if not k.endswith("num_batches_tracked")}:
-        raise CheckpointError(f"{checkpoint}: no key matches {type(module).__name__}"
-                              + (f" (keys start with {prefix!r})" if prefix else " (set init_cfg prefix?)"))
-    module.load_state_dict(state, strict=False)
+    # Imported here so that building a model without pretrained weights never touches that code.
+    from rayseg.models.pretrained import load_pretrained_weights
+
+    load_pretrained_weights(module, checkpoint, prefix=prefix)
 
 
 def requires_grad(module: nn.Module, flag: bool) -> None:

@@ -1,0 +1,207 @@
+"""Pretrained weights: where a checkpoint name points, fetching it, and loading it into a module.
+
+MMSeg configs name weights in several ways, all accepted here as mmcv/mmengine's ``CheckpointLoader``
+does: a local path, an ``http(s)://`` or ``file://`` URL, ``torchvision://resnet50`` and
+``open-mmlab://resnet50_v1c``. Remote files go through ``torch.hub.load_state_dict_from_url`` so they
+land once in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and later runs reuse them.
+Nothing is fetched at import time: names are only resolved when a model is built.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from rayseg.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+# mmcv's model-zoo table (mmcv/model_zoo/open_mmlab.json), limited to the ResNetV1c weights that
+# MMSeg's configs name (``pretrained='open-mmlab://resnet50_v1c'``).
+OPEN_MMLAB_URLS: Dict[str, str] = {
+    "resnet18_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet18_v1c-b5776b93.pth",
+    "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
+    "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
+}
+
+_URL_SCHEMES = ("http://", "https://", "file://")
+_OPEN_MMLAB_SCHEMES = ("open-mmlab://", "openmmlab://")  # mmcv accepts both spellings
+_TORCHVISION_SCHEMES = ("torchvision://", "modelzoo://")  # modelzoo:// is mmcv's deprecated alias
+
+
+class CheckpointDownloadError(CheckpointError, ConfigError):
+    """A remote checkpoint could not be fetched.
+
+    Also a ``ConfigError`` because the fix is in the config: another name, or a local path.
+    """
+
+
+def _not_local(name: str, why: str) -> ConfigError:
+    return ConfigError(f"pretrained checkpoint {name!r} is not a local file and {why}")
+
+
+def _torchvision_url(name: str, spec: str) -> str:
+    """URL of ``torchvision://<model>[.<weights>]``, e.g. ``resnet50`` or ``resnet50.imagenet1k_v2``.
+
+    A bare model name means torchvision's first ImageNet weights (``IMAGENET1K_V1``): that is what
+    ``torchvision://resnet50`` meant before torchvision 0.13 and what MMSeg's configs were tuned with.
+    """
+    import torchvision.models  # imported here: only a torchvision:// name needs it
+
+    # mmengine also accepts the enum spelling ``ResNet50_Weights.IMAGENET1K_V2``.
+    spec = spec.lower().replace("_weights", "")
+    model, _, tag = spec.partition(".")
+    try:
+        weights = torchvision.models.get_model_weights(model)
+    except Exception:  # torchvision raises ValueError or KeyError depending on the version
+        raise _not_local(name, f"torchvision has no model {model!r} with weights") from None
+    if not tag:
+        tag = "imagenet1k_v1" if "IMAGENET1K_V1" in weights.__members__ else "default"
+    if tag == "default":
+        return weights.DEFAULT.url
+    by_tag = {w.name.lower(): w for w in weights}
+    if tag not in by_tag:
+        raise _not_local(name, f"{weights.__name__} has no {tag.upper()}; choose one of "
+                               f"{sorted(by_tag)} or 'default'")
+    return by_tag[tag].url
+
+
+def resolve_checkpoint_url(name: str) -> Optional[str]:
+    """The download URL a checkpoint name stands for, or None when it is a local path.
+
+    Raises ``ConfigError`` for an unknown ``open-mmlab://`` / ``torchvision://`` name or an
+    unsupported ``scheme://``, listing what is accepted.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"checkpoint must be a path or URL string, got {name!r}")
+    if name.startswith(_URL_SCHEMES):
+        return name
+    for scheme in _OPEN_MMLAB_SCHEMES:
+        if name.startswith(scheme):
+            key = name[len(scheme):]
+            if key not in OPEN_MMLAB_URLS:
+                raise _not_local(name, f"not a known {scheme} name (known: {', '.join(sorted(OPEN_MMLAB_URLS))}); "
+                                       "give a URL or a local path")
+            return OPEN_MMLAB_URLS[key]
+    for scheme in _TORCHVISION_SCHEMES:
+        if name.startswith(scheme):
+            return _torchvision_url(name, name[len(scheme):])
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", name):
+        raise _not_local(name, "its scheme is not supported (use a local path, http(s)://, file://, "
+                               "torchvision:// or open-mmlab://)")
+    return None
+
+
+def download_checkpoint(url: str, name: Optional[str] = None) -> Any:
+    """Fetch ``url`` into the torch hub cache (reused when already there) and load it on the CPU.
+
+    ``check_hash=False`` as in mmcv's ``load_from_http``: a file name from an arbitrary URL need not
+    carry torch hub's sha256-prefix suffix. Raises ``CheckpointDownloadError`` naming the URL.
+    """
+    label = url if name is None or name == url else f"{name} ({url})"
+    logger.info("loading checkpoint %s through the torch hub cache %s", label, torch.hub.get_dir())
+    try:
+        # progress=False: a progress bar from every Ray worker would flood the driver's log.
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=False,
+                                                  weights_only=True)
+    except Exception as exc:  # urllib, OS and unpickling errors all mean "could not get the weights"
+        raise CheckpointDownloadError(
+            f"cannot download checkpoint {label}: {exc}. Weights can also be given as a local path: "
+            f"download the file elsewhere and set the checkpoint to its path") from exc
+
+
+def read_checkpoint(checkpoint: str) -> Any:
+    """Load a checkpoint named by a local path or any name ``resolve_checkpoint_url`` accepts."""
+    url = resolve_checkpoint_url(checkpoint)
+    if url is not None:
+        return download_checkpoint(url, checkpoint)
+    path = os.path.expanduser(checkpoint)
+    if not os.path.isfile(path):
+        raise _not_local(checkpoint, "not a URL (http(s)://, file://, torchvision://, open-mmlab://)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or non-tensor files
+        raise CheckpointError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
+
+
+def extract_state_dict(payload: Any, source: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: under ``state_dict``/``model`` or bare; DDP's ``module.`` removed."""
+    state = payload
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{source} holds no state_dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def select_prefix(state: Dict[str, torch.Tensor], prefix: str, source: str) -> Dict[str, torch.Tensor]:
+    """Keys under ``prefix`` with it removed (``backbone.layer1…`` → ``layer1…``), as mmengine's init_cfg."""
+    if not prefix.endswith("."):
+        prefix += "."
+    selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not selected:
+        tops = sorted({k.split(".", 1)[0] + "." for k in state})[:8]
+        raise CheckpointError(f"{source}: no key starts with prefix {prefix!r} (keys start with {tops})")
+    return selected
+
+
+def _is_norm_counter(key: str) -> bool:
+    # BatchNorm's step counter: absent from old checkpoints and unused by training, so never reported.
+    return key.endswith("num_batches_tracked")
+
+
+def compare_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]
+                 ) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
+    """``(missing, unexpected, shape_mismatches)`` of ``state`` against a module's ``own`` state dict."""
+    missing = [k for k in own if k not in state and not _is_norm_counter(k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return missing, unexpected, mismatched
+
+
+def format_mismatches(mismatched: List[Tuple[str, tuple, tuple]], limit: int = 10) -> str:
+    """``key: checkpoint (a, b) vs model (c, d)`` for the first ``limit`` entries."""
+    text = "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:limit])
+    return text + (f"; … {len(mismatched) - limit} more" if len(mismatched) > limit else "")
+
+
+def _short(keys: List[str], limit: int = 20) -> str:
+    return str(keys[:limit]) + (f" … {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_pretrained_weights(module: nn.Module, checkpoint: str, prefix: Optional[str] = None) -> None:
+    """Load ``checkpoint`` into ``module`` the way MMSeg's ``init_cfg=Pretrained`` does (non-strict).
+
+    ``prefix`` picks one part of a whole-segmentor checkpoint (``backbone.``). Missing and unexpected
+    keys are reported with ``warnings.warn``; a shape mismatch is a ``CheckpointError`` naming the
+    keys, since silently keeping random weights there would waste a training run.
+    """
+    state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
+    if prefix:
+        state = select_prefix(state, prefix, checkpoint)
+    own = module.state_dict()
+    if not hasattr(module, "fc"):
+        # An ImageNet classifier's head (torchvision ``fc.*``) has no place in a backbone: dropping it
+        # is expected, not a mismatch worth a warning.
+        dropped = [k for k in state if k.startswith("fc.")]
+        if dropped:
+            logger.info("%s: ignoring classifier keys %s", checkpoint, dropped)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected, mismatched = compare_keys(own, state)
+    if mismatched:
+        raise CheckpointError(f"{checkpoint}: shape mismatch loading into {type(module).__name__}: "
+                              f"{format_mismatches(mismatched)}")
+    if not set(state) & {k for k in own if not _is_norm_counter(k)}:
+        raise CheckpointError(f"{checkpoint}: no key matches {type(module).__name__}"
+                              + (f" (keys start with {prefix!r})" if prefix else " (set init_cfg prefix?)"))
+    if missing or unexpected:
+        warnings.warn(f"{checkpoint} loaded into {type(module).__name__} with mismatched keys: "
+                      f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}", stacklevel=3)
+    module.load_state_dict(state, strict=False)

@@ -1,0 +1,149 @@
+"""Every config under configs/ (bases excluded) resolves, prints as one JSON document, builds its model,
+optimizer and lr schedule, names a registered dataset with accepted arguments, and builds its pipelines.
+
+Zoo configs (in a model-named folder) are also checked against MMSeg's naming scheme
+``{model}_{backbone}_[misc]_[gpu x batch]_{crop h}x{crop w}_{iterations}_{dataset}``: the name must agree
+with the crop size, max_iters, samples_per_gpu, dataset type and num_classes the file resolves to.
+
+The data folders do not exist here, so datasets are not listed. Models are built on PyTorch's ``meta``
+device (constructors and config checks run, no weights are allocated or initialised) and built once per
+distinct model config; a model whose constructor needs real tensor values falls back to the CPU.
+"""
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayseg.config import load_config
+from rayseg.datasets import build_pipeline
+from rayseg.engine.optim import build_lr_schedule, build_optimizer
+from rayseg.models import build_segmentor
+from rayseg.registry import DATASETS, check_kwargs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.relative_to(CONFIG_DIR).parts)
+IDS = [str(p.relative_to(CONFIG_DIR)) for p in CONFIGS]
+
+ZOO_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"}
+DATASET_SUFFIX = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", "voc12aug": "PascalVOCDataset",
+                  "voc12": "PascalVOCDataset", "camvid": "CamVidDataset"}
+NAME_RE = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<backbone>[a-z0-9.-]+)(?:_(?P<misc>[a-z0-9-]+))*?"
+                     r"(?:_(?P<gpus>\d+)x(?P<batch>\d+))?_(?P<h>\d+)x(?P<w>\d+)_(?P<iters>\d+k?)_(?P<dataset>[a-z0-9]+)$")
+
+
+def test_configs_found():
+    folders = {p.parent.name for p in CONFIGS}
+    assert {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"} <= folders
+    assert len(CONFIGS) >= 20
+
+
+@lru_cache(maxsize=None)
+def _build_model(model_json: str):
+    cfg = json.loads(model_json)
+    try:
+        with torch.device("meta"):
+            return build_segmentor(cfg)
+    except NotImplementedError:  # e.g. MiT reads torch.linspace(...).tolist() while building
+        return build_segmentor(cfg)
+
+
+def _heads(model_cfg):
+    aux = model_cfg.get("auxiliary_head") or []
+    return [model_cfg["decode_head"]] + (aux if isinstance(aux, list) else [aux])
+
+
+def _crop_size(pipeline):
+    crops = [step["crop_size"] for step in pipeline if step.get("type") == "RandomCrop"]
+    assert len(crops) == 1, "a training pipeline with one RandomCrop"
+    return tuple(crops[0])
+
+
+def _print_config(path):
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "print_config.py"), str(path), "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def printed():
+    """``print_config --json`` for every config, a few subprocesses at a time (each is mostly start-up)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(CONFIGS, pool.map(_print_config, CONFIGS)))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+def test_print_config_json(path, printed):
+    proc = printed[path]
+    assert proc.returncode == 0, proc.stderr
+    decoder = json.JSONDecoder()
+    doc, end = decoder.raw_decode(proc.stdout.lstrip())
+    assert proc.stdout.lstrip()[end:].strip() == "", "exactly one JSON document"
+    assert doc == load_config(path)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+def test_config_builds(path):
+    cfg = load_config(path)
+    model = _build_model(json.dumps(cfg["model"], sort_keys=True))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+    data = cfg["data"]
+    classes = None
+    for split in ("train", "val", "test"):
+        section = dict(data[split])
+        cls = DATASETS.get(section.pop("type"))  # registered
+        pipeline = section["pipeline"]
+        check_kwargs(cls, section, f"data.{split}")  # every key is a constructor argument
+        assert len(build_pipeline(pipeline)) == len(pipeline)
+        if split == "train":
+            classes = cls.CLASSES
+    if classes is not None:
+        for head in _heads(cfg["model"]):
+            assert head["num_classes"] == len(classes), f"num_classes vs {data['train']['type']}"
+
+    optimizer = build_optimizer(model, cfg["optimizer"])
+    assert type(optimizer).__name__ == cfg["optimizer"]["type"]
+    schedule = build_lr_schedule(cfg["lr_config"], cfg["optimizer"]["lr"], cfg["runner"]["max_iters"])
+    assert schedule.lr_at(cfg["runner"]["max_iters"] - 1) >= cfg["lr_config"].get("min_lr", 0.0)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name in ZOO_FOLDERS],
+                         ids=[i for p, i in zip(CONFIGS, IDS) if p.parent.name in ZOO_FOLDERS])
+def test_zoo_names_match_contents(path):
+    m = NAME_RE.match(path.stem)
+    assert m, f"{path.stem} does not follow MMSeg's naming scheme"
+    assert m["model"] == path.parent.name
+    cfg = load_config(path)
+    train = cfg["data"]["train"]
+    assert _crop_size(train["pipeline"]) == (int(m["h"]), int(m["w"]))
+    iters = int(m["iters"][:-1]) * 1000 if m["iters"].endswith("k") else int(m["iters"])
+    assert cfg["runner"]["max_iters"] == iters
+    assert train["type"] == DATASET_SUFFIX[m["dataset"]]
+    if m["batch"] is not None:
+        assert cfg["data"]["samples_per_gpu"] == int(m["batch"])
+    if m["dataset"] == "voc12aug":
+        assert isinstance(train["split"], list) and len(train["split"]) == 2
+
+
+def test_segformer_replaces_the_sgd_schedule():
+    """``_delete_`` drops SGD's momentum and the poly defaults instead of merging AdamW into them."""
+    for name in ("segformer_mit-b0_512x512_160k_ade20k", "segformer_mit-b0_8x1_1024x1024_160k_cityscapes"):
+        cfg = load_config(CONFIG_DIR / "segformer" / f"{name}.yaml")
+        assert cfg["optimizer"] == {
+            "type": "AdamW", "lr": 6e-5, "betas": [0.9, 0.999], "weight_decay": 0.01,
+            "paramwise_cfg": {"custom_keys": {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0},
+                                              "head": {"lr_mult": 10.0}}}}
+        assert cfg["lr_config"] == {"policy": "poly", "warmup": "linear", "warmup_iters": 1500,
+                                    "warmup_ratio": 1e-6, "power": 1.0, "min_lr": 0.0, "by_epoch": False}
+        model = _build_model(json.dumps(cfg["model"], sort_keys=True))
+        groups = build_optimizer(model, cfg["optimizer"]).param_groups
+        head = [g for g in groups if g["name"].startswith("decode_head.")]
+        norms = [g for g in groups if "norm" in g["name"] and "head" not in g["name"]]
+        assert head and all(g["lr"] == pytest.approx(6e-4) for g in head)
+        assert norms and all(g["weight_decay"] == 0.0 for g in norms)

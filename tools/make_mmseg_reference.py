@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Make the MMSegmentation 1.x reference fixtures for ``tests/test_mmseg_equivalence.py``.
+
+Run it in a throwaway venv that has MMSegmentation 1.x (NOT the project venv, and never from CI)::
+
+    python3 -m venv /tmp/mmseg-venv
+    /tmp/mmseg-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    /tmp/mmseg-venv/bin/pip install mmengine "mmcv-lite>=2.0.0rc4" mmsegmentation ftfy regex
+    /tmp/mmseg-venv/bin/python tools/make_mmseg_reference.py            # writes tests/fixtures/mmseg/
+
+For each architecture (FCN, PSPNet, DeepLabV3, DeepLabV3+, UPerNet, SegFormer) it builds MMSeg's own
+``EncoderDecoder`` from a tiny config, randomises every weight and BatchNorm running statistic (so the
+comparison is not between near-zero logits), runs ``encode_decode`` on a seeded 1x3x64x64 input in eval
+mode and writes:
+
+- ``<arch>.pth``: ``{"state_dict": model.state_dict(), "meta": {"mmseg_version", "mmcv_version",
+  "mmengine_version", "torch_version", "mmseg_config"}}`` -- the layout MMSeg/mmengine checkpoints have;
+- ``<arch>_io.pt``: ``{"input": x, "logits": reference logits (1, 3, 64, 64)}``;
+- ``<arch>.yaml``: the equivalent rayseg model config (MMSeg 0.x vocabulary).
+
+mmcv-lite has no compiled ``mmcv.ops``; MMSeg imports a few ops at module level for heads these six
+models never use, so this script (only) installs stub modules for them before importing MMSeg, and it
+relaxes MMSeg's mmcv version assertion if the installed mmcv-lite is newer than MMSeg's upper bound.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.machinery
+import math
+import os
+import sys
+import types
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "mmseg")
+NUM_CLASSES = 3
+SEED = 0
+
+
+# ----------------------------------------------------------------------------- mmcv-lite workarounds
+class _StubOp:
+    """Stands in for a compiled mmcv op; calling it is an error (the six models never do)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("mmcv.ops stub called: this op needs full mmcv (not mmcv-lite)")
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("mmcv.ops stub called: this op needs full mmcv (not mmcv-lite)")
+
+
+class _StubModule(types.ModuleType):
+    """A module whose every missing attribute is a stub op class."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        stub = type(name, (_StubOp,), {})
+        setattr(self, name, stub)
+        return stub
+
+
+def install_mmcv_ops_stub() -> bool:
+    """Put a stub ``mmcv.ops`` into ``sys.modules`` if the real one cannot be imported."""
+    try:
+        importlib.import_module("mmcv.ops")
+        return False
+    except Exception:  # ModuleNotFoundError / ImportError of the missing ``mmcv._ext``
+        pass
+    for name in ("mmcv.ops", "mmcv.ops.multi_scale_deform_attn", "mmcv.ops.point_sample",
+                 "mmcv.ops.deform_conv", "mmcv.ops.modulated_deform_conv", "mmcv.ops.carafe",
+                 "mmcv.ops.cc_attention", "mmcv.ops.roi_align", "mmcv.ops.nms", "mmcv.ops.merge_cells"):
+        mod = _StubModule(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=name == "mmcv.ops")
+        mod.__path__ = []  # type: ignore[attr-defined]
+        sys.modules[name] = mod
+    import mmcv
+    mmcv.ops = sys.modules["mmcv.ops"]
+    return True
+
+
+def import_mmseg():
+    stubbed = install_mmcv_ops_stub()
+    import mmcv
+    try:
+        import mmseg  # noqa: F401
+    except AssertionError as exc:
+        # mmseg/__init__.py asserts mmcv_min_version <= mmcv.__version__ < mmcv_max_version. Pretend to be
+        # the newest allowed version for the import only (the python-only parts we use did not change).
+        print(f"note: {exc}; relaxing MMSeg's mmcv version check for this script", file=sys.stderr)
+        real = mmcv.__version__
+        for key in [k for k in sys.modules if k == "mmseg" or k.startswith("mmseg.")]:
+            del sys.modules[key]
+        mmcv.__version__ = "2.1.0"
+        import mmseg  # noqa: F401
+        mmcv.__version__ = real
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    return stubbed
+
+
+# ----------------------------------------------------------------------------- tiny configs
+BN = dict(type="BN", requires_grad=True)
+
+
+def resnet(depth, base, d8):
+    cfg = dict(type="ResNetV1c", depth=depth, stem_channels=8, base_channels=base, num_stages=4,
+               out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4) if d8 else (1, 1, 1, 1),
+               strides=(1, 2, 1, 1) if d8 else (1, 2, 2, 2), norm_cfg=BN, norm_eval=False, style="pytorch",
+               contract_dilation=True)
+    expansion = 4 if depth >= 50 else 1
+    return cfg, [base * 2 ** i * expansion for i in range(4)]
+
+
+def aux_head(chans):
+    return dict(type="FCNHead", in_channels=chans[2], in_index=2, channels=4, num_convs=1, concat_input=False,
+                dropout_ratio=0.1, num_classes=NUM_CLASSES, norm_cfg=BN, align_corners=False,
+                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))
+
+
+def head_common(in_channels, in_index, channels):
+    return dict(in_channels=in_channels, in_index=in_index, channels=channels, dropout_ratio=0.1,
+                num_classes=NUM_CLASSES, norm_cfg=BN, align_corners=False,
+                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+
+
+def tiny_configs():
+    """The six tiny models, as MMSeg ``model`` dicts (MMSeg 1.x spelling, no data_preprocessor)."""
+    cfgs = {}
+    bb, ch = resnet(50, 2, d8=True)  # Bottleneck ResNet-50 at base 2: channels 8/16/32/64
+    cfgs["fcn"] = dict(backbone=bb, decode_head=dict(type="FCNHead", num_convs=2, concat_input=True,
+                                                     **head_common(ch[3], 3, 8)), auxiliary_head=aux_head(ch))
+    bb, ch = resnet(18, 4, d8=True)  # BasicBlock ResNet-18 at base 4: channels 4/8/16/32
+    cfgs["pspnet"] = dict(backbone=bb, decode_head=dict(type="PSPHead", pool_scales=(1, 2, 3, 6),
+                                                        **head_common(ch[3], 3, 8)), auxiliary_head=aux_head(ch))
+    bb, ch = resnet(50, 2, d8=True)
+    cfgs["deeplabv3"] = dict(backbone=bb, decode_head=dict(type="ASPPHead", dilations=(1, 2, 3, 4),
+                                                           **head_common(ch[3], 3, 8)),
+                             auxiliary_head=aux_head(ch))
+    bb, ch = resnet(18, 4, d8=True)
+    cfgs["deeplabv3plus"] = dict(backbone=bb, decode_head=dict(type="DepthwiseSeparableASPPHead",
+                                                               dilations=(1, 2, 3, 4), c1_in_channels=ch[0],
+                                                               c1_channels=8, **head_common(ch[3], 3, 8)),
+                                 auxiliary_head=aux_head(ch))
+    bb, ch = resnet(50, 2, d8=False)
+    cfgs["upernet"] = dict(backbone=bb, decode_head=dict(type="UPerHead", pool_scales=(1, 2, 3, 6),
+                                                         **head_common(ch, [0, 1, 2, 3], 8)),
+                           auxiliary_head=aux_head(ch))
+    mit = dict(type="MixVisionTransformer", in_channels=3, embed_dims=8, num_stages=4, num_layers=[1, 1, 1, 1],
+               num_heads=[1, 2, 3, 4], patch_sizes=[7, 3, 3, 3], sr_ratios=[8, 4, 2, 1],
+               out_indices=(0, 1, 2, 3), mlp_ratio=4, qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0,
+               drop_path_rate=0.1)
+    cfgs["segformer"] = dict(backbone=mit, decode_head=dict(type="SegformerHead",
+                                                            **head_common([8, 16, 24, 32], [0, 1, 2, 3], 8)))
+    out = {}
+    for name, parts in cfgs.items():
+        model = dict(type="EncoderDecoder", pretrained=None, **parts, train_cfg=dict(), test_cfg=dict(mode="whole"))
+        out[name] = model
+    return out
+
+
+def plain(value):
+    """Tuples → lists (YAML and the checkpoint meta carry plain builtins only)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def rayseg_config(model_cfg):
+    """The rayseg config: same vocabulary, as a ``model:`` YAML mapping."""
+    return {"model": plain(model_cfg)}
+
+
+# ----------------------------------------------------------------------------- randomisation
+@torch.no_grad()
+def randomise(model, gen):
+    """Give every parameter and BN buffer a random, well-scaled value (O(1) activations and logits)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
+        elif isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
+    norm_params = set()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            norm_params.update(id(p) for p in module.parameters(recurse=False))
+    for name, p in model.named_parameters():
+        if id(p) in norm_params:
+            continue
+        if p.dim() > 1:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    stubbed = import_mmseg()
+    import mmcv
+    import mmengine
+    import mmseg
+    import yaml
+    from mmengine.runner.checkpoint import weights_to_cpu
+    from mmseg.registry import MODELS
+
+    os.makedirs(args.out, exist_ok=True)
+    versions = dict(mmseg_version=str(mmseg.__version__), mmcv_version=str(mmcv.__version__),
+                    mmengine_version=str(mmengine.__version__), torch_version=str(torch.__version__),
+                    mmcv_ops_stubbed=stubbed)
+    print(versions)
+    for index, (name, cfg) in enumerate(tiny_configs().items()):
+        mm_cfg = copy.deepcopy(cfg)
+        mm_cfg.pop("pretrained")
+        # As an MMSeg 1.x config: a SegDataPreProcessor (its mean/std buffers are not persistent, so they
+        # are not in the state_dict); we feed encode_decode an already-normalised tensor.
+        mm_cfg["data_preprocessor"] = dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
+                                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                                           seg_pad_val=255, size=(64, 64))
+        torch.manual_seed(SEED + index)
+        model = MODELS.build(copy.deepcopy(mm_cfg))
+        gen = torch.Generator().manual_seed(1000 + index)
+        randomise(model, gen)
+        model.eval()
+        x = torch.randn(1, 3, 64, 64, generator=gen)
+        metas = [dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64))]
+        with torch.no_grad():
+            logits = model.encode_decode(x, metas)
+        assert logits.shape == (1, NUM_CLASSES, 64, 64), logits.shape
+        # Exactly what mmengine's Runner.save_checkpoint stores (an OrderedDict with _metadata).
+        state_dict = weights_to_cpu(model.state_dict())
+        ckpt = {"state_dict": state_dict,
+                "meta": dict(versions, mmseg_config=plain(mm_cfg), arch=name)}
+        torch.save(ckpt, os.path.join(args.out, f"{name}.pth"))
+        torch.save({"input": x, "logits": logits.detach().clone()}, os.path.join(args.out, f"{name}_io.pt"))
+        with open(os.path.join(args.out, f"{name}.yaml"), "w") as fh:
+            fh.write(f"# rayseg equivalent of the tiny MMSeg {mmseg.__version__} model in {name}.pth "
+                     "(written by tools/make_mmseg_reference.py)\n")
+            yaml.safe_dump(rayseg_config(cfg), fh, sort_keys=False, default_flow_style=None)
+        sizes = [os.path.getsize(os.path.join(args.out, f)) for f in (f"{name}.pth", f"{name}_io.pt")]
+        print(f"{name}: {len(state_dict)} tensors, {sum(v.numel() for v in state_dict.values())} values, "
+              f"logits std {logits.std():.3f} |max| {logits.abs().max():.3f}, files {sizes} bytes")
+
+
+if __name__ == "__main__":
+    main()
