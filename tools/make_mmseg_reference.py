@@ -133,19 +133,19 @@ def tiny_configs():
     bb, ch = resnet(50, 2, d8=True)  # Bottleneck ResNet-50 at base 2: channels 8/16/32/64
     cfgs["fcn"] = dict(backbone=bb, decode_head=dict(type="FCNHead", num_convs=2, concat_input=True,
                                                      **head_common(ch[3], 3, 8)), auxiliary_head=aux_head(ch))
-    bb, ch = resnet(18, 4, d8=True)  # BasicBlock ResNet-18 at base 4: channels 4/8/16/32
+    bb, ch = resnet(18, 3, d8=True)  # BasicBlock ResNet-18 at base 3: channels 3/6/12/24
     cfgs["pspnet"] = dict(backbone=bb, decode_head=dict(type="PSPHead", pool_scales=(1, 2, 3, 6),
                                                         **head_common(ch[3], 3, 8)), auxiliary_head=aux_head(ch))
-    bb, ch = resnet(50, 2, d8=True)
+    bb, ch = resnet(18, 3, d8=True)
     cfgs["deeplabv3"] = dict(backbone=bb, decode_head=dict(type="ASPPHead", dilations=(1, 2, 3, 4),
                                                            **head_common(ch[3], 3, 8)),
                              auxiliary_head=aux_head(ch))
-    bb, ch = resnet(18, 4, d8=True)
+    bb, ch = resnet(18, 3, d8=True)
     cfgs["deeplabv3plus"] = dict(backbone=bb, decode_head=dict(type="DepthwiseSeparableASPPHead",
                                                                dilations=(1, 2, 3, 4), c1_in_channels=ch[0],
                                                                c1_channels=8, **head_common(ch[3], 3, 8)),
                                  auxiliary_head=aux_head(ch))
-    bb, ch = resnet(50, 2, d8=False)
+    bb, ch = resnet(18, 3, d8=False)
     cfgs["upernet"] = dict(backbone=bb, decode_head=dict(type="UPerHead", pool_scales=(1, 2, 3, 6),
                                                          **head_common(ch, [0, 1, 2, 3], 8)),
                            auxiliary_head=aux_head(ch))
@@ -178,31 +178,44 @@ def rayseg_config(model_cfg):
 
 # ----------------------------------------------------------------------------- randomisation
 @torch.no_grad()
-def randomise(model, gen):
-    """Give every parameter and BN buffer a random, well-scaled value (O(1) activations and logits)."""
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            n = module.num_features
-            module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-            module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
-        elif isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
-            module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
-            module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
-    norm_params = set()
-    for module in model.modules():
-        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
-            norm_params.update(id(p) for p in module.parameters(recurse=False))
-    for name, p in model.named_parameters():
+def randomise(model, gen, calib):
+    """Give every parameter and BN buffer a random value that keeps activations and logits O(1).
+
+    Conv/linear weights ~ N(0, 1/fan_in), biases and norm affines random; BN running statistics are first
+    measured on ``calib`` (train-mode forward passes, cumulative average) then perturbed, so BN layers
+    roughly normalise but no statistic equals its default (0 mean, unit variance).
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm))]
+    norm_params = {id(p) for m in norms for p in m.parameters(recurse=False)}
+    for p in model.parameters():
         if id(p) in norm_params:
             continue
         if p.dim() > 1:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
         else:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    for m in norms:
+        if m.weight is not None:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+    bns = [m for m in norms if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration passes
+    model.train()
+    for x in calib:
+        feats = model.extract_feat(x)
+        model.decode_head.forward(feats)
+        if getattr(model, "auxiliary_head", None) is not None:
+            model.auxiliary_head.forward(feats)
+    model.eval()
+    for m in bns:
+        m.momentum = 0.1
+        n = m.num_features
+        m.running_mean.add_(torch.randn(n, generator=gen) * 0.05)
+        m.running_var.mul_(torch.rand(n, generator=gen) * 0.4 + 0.8)
+        m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
 
 
 def main():
@@ -234,9 +247,10 @@ def main():
         torch.manual_seed(SEED + index)
         model = MODELS.build(copy.deepcopy(mm_cfg))
         gen = torch.Generator().manual_seed(1000 + index)
-        randomise(model, gen)
-        model.eval()
+        calib = [torch.randn(4, 3, 64, 64, generator=gen) for _ in range(2)]
+        randomise(model, gen, calib)
         x = torch.randn(1, 3, 64, 64, generator=gen)
+        model.eval()
         metas = [dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64))]
         with torch.no_grad():
             logits = model.encode_decode(x, metas)
