@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -64,10 +65,7 @@ def load_weights_file(path: str) -> Dict[str, Any]:
             path = inner
         if not os.path.exists(path):
             raise CheckpointError(f"checkpoint file not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for corrupt files
-            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+        payload = _load_local(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         meta = dict(payload.get("meta") or {})
         # MMSeg 0.x stores the class names as CLASSES/PALETTE; expose them under rayseg's names too.
@@ -78,6 +76,27 @@ def load_weights_file(path: str) -> Dict[str, Any]:
     if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
         return {"state_dict": payload, "meta": {}}
     raise CheckpointError(f"{path} holds no state_dict")
+
+
+def _load_local(path: str) -> Any:
+    """``torch.load`` of plain tensors and builtins; files with foreign objects (MMSeg 1.x's message_hub)
+    fall back to a loader that stubs those objects out without running any of their code."""
+    from rayseg.engine.safe_unpickle import drop_foreign, load_with_stubs
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    try:
+        payload = drop_foreign(load_with_stubs(path))
+    except Exception as exc:
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    warnings.warn(f"{path} holds non-tensor Python objects (e.g. a training message hub); they were "
+                  "skipped and only the weights and plain metadata were loaded", stacklevel=3)
+    return payload
 
 
 # The per-class output convolution of a decode/auxiliary head: the only layer whose shape follows
