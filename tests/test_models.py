@@ -366,3 +366,31 @@ def test_base_model_yaml_builds(name, head):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32))["out"]
     assert out.shape == (1, 19, 32, 32)
+
+
+def test_slide_runs_a_small_image_whole_like_mmseg():
+    model = build_segmentor(tiny_model_cfg(test_cfg=dict(mode="slide", crop_size=(48, 48), stride=(32, 32)))).eval()
+    img = torch.randn(1, 3, 40, 36)
+    with torch.no_grad():
+        assert torch.allclose(model.inference(img), model.encode_decode(img), atol=1e-6)
+
+
+def _param_count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_are_recorded():
+    """Counts of every tiny part, compared with tests/fixtures/param_counts.json so a change shows up.
+
+    Regenerate the file with RAYSEG_RECORD_PARAM_COUNTS=1 after an intended change.
+    """
+    import json
+
+    counts = {f"backbone/{name}": _param_count(build_backbone(cfg)) for name, (cfg, _) in TINY_BACKBONES.items()}
+    counts.update({f"head/{name}": _param_count(build_head(cfg)) for name, cfg in TINY_HEADS.items()})
+    path = os.path.join(ROOT, "tests", "fixtures", "param_counts.json")
+    if os.environ.get("RAYSEG_RECORD_PARAM_COUNTS") == "1":
+        with open(path, "w") as f:
+            json.dump(dict(sorted(counts.items())), f, indent=1)
+    with open(path) as f:
+        assert counts == json.load(f)

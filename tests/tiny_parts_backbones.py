@@ -5,6 +5,8 @@ TINY_HEADS: name -> config taking features of channels (8, 16, 32, 64) at stride
 HEAD_OUTPUT_STRIDE: name -> stride of the head's logits when not 32.
 """
 TINY_BACKBONES = {
+    "ResNetV1b": (dict(type="ResNetV1b", depth=18, base_channels=8, stem_channels=8), (8, 16, 32, 64),
+                  (4, 8, 16, 32)),
     # MiT with 1 block per stage; drop_path_rate > 0 so stochastic depth runs in train mode.
     "MixVisionTransformer": (dict(type="MixVisionTransformer", embed_dims=4, num_layers=(1, 1, 1, 1),
                                   num_heads=(1, 2, 2, 4), drop_path_rate=0.1),

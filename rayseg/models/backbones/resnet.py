@@ -251,6 +251,11 @@ class ResNet(nn.Module):
         return tuple(outs)
 
 
+# MMSeg's docs call the plain torchvision-layout ResNet (stride on the 3×3 conv) "ResNetV1b"; accept
+# that name for the same class so configs written either way build.
+BACKBONES.register("ResNetV1b")(ResNet)
+
+
 @BACKBONES.register()
 class ResNetV1c(ResNet):
     """ResNet with the deep stem (three 3×3 convs) — MMSeg's default segmentation backbone."""

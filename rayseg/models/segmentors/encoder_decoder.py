@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
 from rayseg.models.utils import add_prefix, resize
@@ -118,16 +117,12 @@ class EncoderDecoder(nn.Module):
     def slide_inference(self, img: torch.Tensor) -> torch.Tensor:
         """Logits from overlapping ``crop_size`` windows at ``stride``, averaged where they overlap.
 
-        An image smaller than a window is zero-padded (bottom/right) to the window, and the padding is
-        cropped off the logits, so every window the network sees has the training crop size.
+        As in MMSeg, an image smaller than a window is run whole (one window clipped to the image), so
+        MMSeg checkpoints give MMSeg's logits here too.
         """
         h_stride, w_stride = self.test_cfg["stride"]
         h_crop, w_crop = self.test_cfg["crop_size"]
-        n, _, h_orig, w_orig = img.shape
-        pad_h, pad_w = max(h_crop - h_orig, 0), max(w_crop - w_orig, 0)
-        if pad_h or pad_w:
-            img = F.pad(img, (0, pad_w, 0, pad_h))
-        h_img, w_img = img.shape[2:]
+        n, _, h_img, w_img = img.shape
         h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
         w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
         preds = img.new_zeros((n, self.num_classes, h_img, w_img))
@@ -140,7 +135,7 @@ class EncoderDecoder(nn.Module):
                 y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
                 preds[:, :, y1:y2, x1:x2] += self.encode_decode(img[:, :, y1:y2, x1:x2])
                 count[:, :, y1:y2, x1:x2] += 1
-        return (preds / count)[:, :, :h_orig, :w_orig]
+        return preds / count
 
     def inference(self, img: torch.Tensor, ori_shape: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Logits (N, num_classes, H, W) per ``test_cfg.mode``, resized to ``ori_shape`` (H, W) if given."""
