@@ -55,9 +55,14 @@ def test_resume_continues_one_history(first_run, demo_data):
     client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
     steps = [m.step for m in client.get_metric_history(summary["mlflow"]["run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
-    # The schedule continued rather than restarting: the lr logged at iteration 5 follows poly decay.
+    # The schedule continued at iteration 5 (index 4) of the new 6-iteration schedule instead of
+    # restarting at 0, as MMSeg's resume does.
+    from rayseg.engine.optim import build_lr_schedule
+
+    cfg = _cfg(demo_data, "runner.max_iters=6")
+    schedule = build_lr_schedule(cfg["lr_config"], cfg["optimizer"]["lr"], 6)
     lrs = {json.loads(line)["iter"]: json.loads(line)["lr"] for line in (work / "log.jsonl").read_text().splitlines()}
-    assert lrs[5] < lrs[4]
+    assert lrs[5] == pytest.approx(schedule.lr_at(4)) and lrs[5] != pytest.approx(schedule.lr_at(0))
 
     again = train(_cfg(demo_data, "runner.max_iters=6"), work_dir=str(work), resume=True)
     assert again["already_finished"] and again["iter"] == 6
