@@ -1,7 +1,7 @@
 """Single-process evaluation of a checkpoint on a dataset split (MMSeg's ``tools/test.py``)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from tqdm import tqdm

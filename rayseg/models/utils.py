@@ -187,6 +187,21 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     load_pretrained_weights(module, checkpoint, prefix=prefix)
 
 
+def load_init_weights(module: nn.Module, pretrained: Optional[str], init_cfg: Optional[Dict[str, Any]]) -> None:
+    """Load ``pretrained`` (a path, URL or model-zoo name) or ``init_cfg: {type: Pretrained, checkpoint,
+    prefix}`` into ``module``; nothing when both are None. Any other ``init_cfg`` is a ConfigError."""
+    if pretrained is not None:
+        load_pretrained(module, pretrained)
+        return
+    if init_cfg is None:
+        return
+    cfg = dict(init_cfg)
+    if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
+        raise ConfigError(f"{type(module).__name__}: init_cfg must be {{type: Pretrained, checkpoint: PATH"
+                          f"[, prefix]}}, got {init_cfg!r}")
+    load_pretrained(module, cfg["checkpoint"], prefix=cfg.get("prefix"))
+
+
 def requires_grad(module: nn.Module, flag: bool) -> None:
     """Set ``requires_grad`` on every parameter of ``module``."""
     for param in module.parameters():

@@ -16,7 +16,7 @@ from rayseg.errors import ConfigError
 from rayseg.models.backbones.mobilenet_v2 import InvertedResidual
 from rayseg.models.heads.psp_head import PPM
 from rayseg.models.heads._sep_conv import DepthwiseSeparableConvModule
-from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_pretrained, resize
+from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_init_weights, resize
 from rayseg.registry import BACKBONES
 
 
@@ -140,14 +140,7 @@ class FastSCNN(nn.Module):
                 kaiming_init(m)
             elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                 constant_init(m, 1)
-        if self.pretrained is not None:
-            load_pretrained(self, self.pretrained)
-        elif self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError(f"FastSCNN: init_cfg must be {{type: Pretrained, checkpoint: PATH[, prefix]}}, "
-                                  f"got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         higher = self.learning_to_downsample(x)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import build_activation_layer, build_norm_layer, load_pretrained
+from rayseg.models.utils import build_activation_layer, build_norm_layer, load_init_weights
 from rayseg.registry import BACKBONES
 
 
@@ -209,14 +209,7 @@ class MixVisionTransformer(nn.Module):
                 nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if self.pretrained is not None:
-            load_pretrained(self, self.pretrained)
-        elif self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError("MixVisionTransformer: init_cfg must be {type: Pretrained, checkpoint: PATH"
-                                  f"[, prefix]}}, got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_pretrained
+from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_init_weights
 from rayseg.registry import BACKBONES
 
 
@@ -125,14 +125,7 @@ class MobileNetV2(nn.Module):
                 kaiming_init(m)
             elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                 constant_init(m, 1)
-        if self.pretrained is not None:
-            load_pretrained(self, self.pretrained)
-        elif self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError(f"MobileNetV2: init_cfg must be {{type: Pretrained, checkpoint: PATH[, prefix]}}, "
-                                  f"got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def _freeze_stages(self) -> None:
         # As MMSeg: the stem's parameters are frozen (its BN statistics still update), and frozen

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import build_conv_layer, build_norm_layer, constant_init, kaiming_init, load_pretrained
+from rayseg.models.utils import build_conv_layer, build_norm_layer, constant_init, kaiming_init, load_init_weights
 from rayseg.registry import BACKBONES
 
 
@@ -208,14 +208,7 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     constant_init(m.last_norm, 0)
-        if self.pretrained is not None:
-            load_pretrained(self, self.pretrained)
-        elif self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError(f"ResNet: init_cfg must be {{type: Pretrained, checkpoint: PATH[, prefix]}}, "
-                                  f"got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

@@ -18,7 +18,7 @@ import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
 from rayseg.models.utils import (ConvModule, build_activation_layer, build_norm_layer, constant_init, kaiming_init,
-                                 load_pretrained, resize)
+                                 load_init_weights, resize)
 from rayseg.registry import BACKBONES
 
 
@@ -201,14 +201,7 @@ class UNet(nn.Module):
                 kaiming_init(m)
             elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                 constant_init(m, 1)
-        if self.pretrained is not None:
-            load_pretrained(self, self.pretrained)
-        elif self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError(f"UNet: init_cfg must be {{type: Pretrained, checkpoint: PATH[, prefix]}}, "
-                                  f"got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, self.pretrained, self.init_cfg)
 
     @property
     def downsample_rate(self) -> int:

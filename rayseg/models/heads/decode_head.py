@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import load_pretrained, resize
+from rayseg.models.utils import load_init_weights, resize
 from rayseg.registry import LOSSES, PIXEL_SAMPLERS, build
 
 LossCfg = Union[Dict[str, Any], Sequence[Dict[str, Any]]]
@@ -96,12 +96,7 @@ class BaseDecodeHead(nn.Module):
         """MMSeg's default: the classifier starts near zero so early logits are near-uniform."""
         nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)
-        if self.init_cfg is not None:
-            cfg = dict(self.init_cfg)
-            if cfg.pop("type", None) != "Pretrained" or "checkpoint" not in cfg or set(cfg) - {"checkpoint", "prefix"}:
-                raise ConfigError(f"{type(self).__name__}: init_cfg must be {{type: Pretrained, checkpoint: PATH"
-                                  f"[, prefix]}}, got {self.init_cfg!r}")
-            load_pretrained(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+        load_init_weights(self, None, self.init_cfg)
 
     def _transform_inputs(self, inputs: Sequence[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Pick this head's input(s) from the backbone/neck outputs."""

@@ -10,7 +10,6 @@ import difflib
 import inspect
 from typing import Any, Dict, Optional
 
-import torch.nn as nn
 
 from rayseg.errors import ConfigError
 from rayseg.models.heads.decode_head import BaseDecodeHead
