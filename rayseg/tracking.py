@@ -88,6 +88,38 @@ class MlflowRun:
         self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
 
 
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment_tags(cfg: Dict[str, Any]) -> Dict[str, str]:
+    """Tags that say where a run came from: git commit, Ray job id, cluster size, worker count."""
+    tags: Dict[str, str] = {}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["ray.job_id"] = ray.get_runtime_context().get_job_id()
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            tags["ray.num_nodes"] = str(len(nodes))
+            tags["ray.cluster_cpus"] = str(int(ray.cluster_resources().get("CPU", 0)))
+            tags["ray.cluster_gpus"] = str(int(ray.cluster_resources().get("GPU", 0)))
+    except Exception:  # tags are a courtesy; never fail a run over them
+        pass
+    tags["rayseg.num_workers"] = str((cfg.get("scaling") or {}).get("num_workers", 1))
+    return tags
+
+
 def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = None) -> Optional[MlflowRun]:
     """Create the run for a training job and log the resolved config as params; None if MLflow is unreachable."""
     from mlflow.entities import Param
@@ -104,7 +136,7 @@ def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = N
                 name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None)
         else:
             exp_id = experiment.experiment_id
-        tags = {"rayseg.work_dir": os.path.abspath(work_dir)}
+        tags = {"rayseg.work_dir": os.path.abspath(work_dir), **environment_tags(cfg)}
         if config_path:
             tags["rayseg.config"] = config_path
         tags.update({str(k): str(v) for k, v in (ml_cfg.get("tags") or {}).items()})

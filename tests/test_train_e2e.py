@@ -90,6 +90,8 @@ def test_log_jsonl_has_intervals_and_validation(trained):
     assert [r["iter"] for r in val] == [3, 6]
     assert 0 <= val[-1]["aAcc"] <= 100 and "IoU.background" in val[-1]
     assert (work / "val_table.txt").read_text().count("background") == 1
+    text = (work / "train.log").read_text()
+    assert "Iter [2/6]" in text and "Iter(val) [3]" in text and "mIoU" in text and "loss:" in text
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(trained, mlflow_server):
@@ -101,6 +103,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained, mlflow_server):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.backbone.depth"] == "18"
     assert run.data.params["runner.max_iters"] == "6"
+    tags = run.data.tags
+    assert tags["ray.num_nodes"] == "1" and tags["rayseg.num_workers"] == "2"
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["ray.job_id"]
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == [2, 3, 4, 6]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")] == [3, 6]

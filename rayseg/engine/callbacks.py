@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 from ray.train import UserCallback
@@ -33,11 +34,34 @@ def last_logged_iter(log_path: str) -> int:
     return last
 
 
-class TrainLogCallback(UserCallback):
-    """Appends rank 0's metrics of every ``ray.train.report`` to ``log.jsonl`` and logs them to MLflow."""
+_SUMMARY = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
 
-    def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None):
+
+def text_log_lines(record: Dict[str, Any], max_iters: int) -> List[str]:
+    """MMSeg-style text lines for one report: the training line, and a validation line if it has one."""
+    it = record.get("iter", 0)
+    parts = [f"lr: {record['lr']:.3e}"] if "lr" in record else []
+    if record.get("time"):
+        eta = int(record["time"] * max(0, max_iters - it))
+        parts.append(f"eta: {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
+        parts.append(f"time: {record['time']:.3f}")
+    parts += [f"{k}: {v:.4f}" for k, v in record.items() if ("loss" in k or "acc_seg" in k) and v is not None]
+    lines = [f"Iter [{it}/{max_iters}]\t" + ", ".join(parts)]
+    if "mIoU" in record:
+        val = [f"{k}: {record[k]:.2f}" for k in _SUMMARY if record.get(k) is not None]
+        lines.append(f"Iter(val) [{it}]\t" + ", ".join(val))
+    return lines
+
+
+class TrainLogCallback(UserCallback):
+    """Writes rank 0's metrics of every ``ray.train.report`` to ``log.jsonl``, a human-readable
+    ``train.log`` beside it (like MMSeg's text logger), and MLflow."""
+
+    def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
+                 max_iters: int = 0):
         self.log_path = log_path
+        self.text_log_path = os.path.join(os.path.dirname(log_path), "train.log")
+        self.max_iters = max_iters
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self._run = None
@@ -62,6 +86,10 @@ class TrainLogCallback(UserCallback):
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.text_log_path, "a") as f:
+            for line in text_log_lines(record, self.max_iters):
+                f.write(f"{stamp} - rayseg - INFO - {line}\n")
         run = self._mlflow()
         if run is not None and "iter" in record:
             run.log_metrics({k: v for k, v in record.items() if k != "iter" and v is not None}, step=record["iter"])

@@ -180,7 +180,8 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
         logging_config=LoggingConfig(log_level="WARNING"),
         failure_config=FailureConfig(max_failures=int(failure.get("max_failures", 0))),
         checkpoint_config=CheckpointConfig(num_to_keep=ckpt_cfg.get("max_keep_ckpts")),
-        callbacks=[TrainLogCallback(log_path, run.tracking_uri if run else None, run.run_id if run else None)])
+        callbacks=[TrainLogCallback(log_path, run.tracking_uri if run else None, run.run_id if run else None,
+                                    max_iters=max_iters)])
     per_worker_cpus = (cfg.get("scaling") or {}).get("resources_per_worker") or {}
     trainer = TorchTrainer(
         train_loop_per_worker,
