@@ -66,7 +66,50 @@ class RayHead:
         raise RuntimeError(f"Ray dashboard did not come up at {self.dashboard_url}")
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        """Stop this head's processes only: ``ray stop`` would kill every Ray cluster on the machine,
+        including ones other test sessions or tools are using."""
+        stop_ray_processes(self.port)
+
+
+def ray_processes(gcs_port: int) -> list[int]:
+    """PIDs of the Ray processes that belong to the cluster whose GCS listens on ``gcs_port``."""
+    markers = (f"127.0.0.1:{gcs_port}".encode(), f"--gcs_server_port={gcs_port}".encode())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(m in cmdline for m in markers):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def stop_ray_processes(gcs_port: int, grace: float = 10.0) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = ray_processes(gcs_port)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace
+        while pids and time.time() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            time.sleep(0.2)
+        if not pids:
+            return
 
 
 @pytest.fixture(scope="session")
