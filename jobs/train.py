@@ -16,10 +16,17 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the work dir: weights, optimizer, lr schedule, iteration, data position")
     parser.add_argument("--load-from", help="initialise the weights from this .pth / checkpoint and start at iteration 0")
+    parser.add_argument("--seed", type=int, help="random seed (overrides the config's seed)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels and data order: the same seed gives bit-identical losses")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new local instance)")
     args = parser.parse_args()
     try:
         cfg = load_config(args.config, args.cfg_options)
+        if args.seed is not None:
+            cfg["seed"] = args.seed
+        if args.deterministic:
+            cfg["deterministic"] = True
         summary = train(cfg, work_dir=args.work_dir, config_path=args.config, address=args.address,
                         resume=args.resume, load_from=args.load_from)
     except (ConfigError, DataError, CheckpointError) as exc:

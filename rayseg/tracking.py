@@ -61,13 +61,16 @@ class MlflowRun:
         return self._client
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        if self._warned:
+            # Once the server has failed, stop calling it: each call would sit through MLflow's retry
+            # backoff (minutes) and stall whatever logs through this handle.
+            return
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # tracking must never stop training
-            if not self._warned:
-                warnings.warn(f"MLflow {what} failed ({exc}); training continues and the numbers stay in "
-                              "log.jsonl. Further MLflow errors are not shown.", RuntimeWarning, stacklevel=2)
-                self._warned = True
+            warnings.warn(f"MLflow {what} failed ({exc}); training continues and the numbers stay in "
+                          "log.jsonl. This process stops logging to MLflow.", RuntimeWarning, stacklevel=2)
+            self._warned = True
 
     def log_metrics(self, metrics: Dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -86,6 +89,49 @@ class MlflowRun:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+def server_reachable(tracking_uri: str, timeout: float = 5.0) -> Optional[str]:
+    """None if an http(s) tracking server answers (or the store is not a server), else why not.
+
+    MLflow's client retries a dead server with exponential backoff for minutes; probing once first lets
+    training start at once and warn instead.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answers; auth or routing is MLflow's business
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def start_system_metrics(spec: Optional[Dict[str, Any]], train_context) -> Optional[Any]:
+    """Start MLflow's system-metrics sampler (CPU, memory, disk, network, GPU) on this worker's node.
+
+    Only local rank 0 samples, once per node; each node's metrics are named ``system/<node>/...`` in the
+    job's MLflow run. ``spec``: ``{"tracking_uri", "run_id", "interval"}`` or None (off).
+    """
+    if not spec or train_context.get_local_rank() != 0:
+        return None
+    try:
+        import ray
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        node = f"node-{ray.get_runtime_context().get_node_id()[:8]}"
+        monitor = SystemMetricsMonitor(spec["run_id"], sampling_interval=float(spec.get("interval", 10)),
+                                       samples_before_logging=1, resume_logging=True, node_id=node,
+                                       tracking_uri=spec["tracking_uri"])
+        monitor.start()
+        return monitor
+    except Exception as exc:  # system metrics are a courtesy; never fail a run over them
+        warnings.warn(f"MLflow system metrics are off on this node ({exc})", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _git_commit() -> Optional[str]:
@@ -128,6 +174,11 @@ def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = N
     uri, artifact_root = resolve_tracking_uri(cfg, work_dir)
     ml_cfg = cfg.get("mlflow") or {}
     name = ml_cfg.get("experiment_name") or "rayseg"
+    unreachable = server_reachable(uri)
+    if unreachable:
+        warnings.warn(f"MLflow tracking server {uri} is unreachable ({unreachable}); training continues and logs "
+                      "only to log.jsonl", RuntimeWarning, stacklevel=2)
+        return None
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
@@ -158,6 +209,8 @@ def resume_run(cfg: Dict[str, Any], work_dir: str, run_id: str) -> Optional[Mlfl
     from mlflow.tracking import MlflowClient
 
     uri, _ = resolve_tracking_uri(cfg, work_dir)
+    if server_reachable(uri):
+        return start_run(cfg, work_dir)  # warns that the server is unreachable
     try:
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)

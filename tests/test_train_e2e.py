@@ -54,7 +54,9 @@ def trained(ray_head, demo_data, mlflow_server, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("train") / "tiny"
     cfg = load_config(str(TINY_CONFIG), data_options(demo_data) + [f"mlflow.tracking_uri={mlflow_server}",
-                                                                   "mlflow.experiment_name=e2e"])
+                                                                   "mlflow.experiment_name=e2e",
+                                                                   "mlflow.system_metrics_interval=1",
+                                                                   "evaluation.save_best=mIoU"])
     summary = train(cfg, work_dir=str(work), config_path=str(TINY_CONFIG))
     return summary, work, cfg
 
@@ -77,6 +79,34 @@ def test_ray_checkpoints_every_interval(trained):
     assert ckpts == ["iter_00000003", "iter_00000006"]
     state = torch.load(work / "ray_results" / "tiny" / "iter_00000003" / "checkpoint.pt", weights_only=True)
     assert state["meta"]["iter"] == 3 and "optimizer" in state
+
+
+def test_both_workers_end_with_identical_weights(trained):
+    summary, work, cfg = trained
+    replicas = json.loads((work / "replicas.json").read_text())
+    assert sorted(r["rank"] for r in replicas) == [0, 1]
+    assert replicas[0]["pid"] != replicas[1]["pid"]
+    assert len({r["weights_sha256"] for r in replicas}) == 1
+    from rayseg.engine.loop import weights_digest
+    from rayseg.models import build_segmentor
+
+    model = build_segmentor(cfg["model"])
+    model.load_state_dict(torch.load(work / "latest.pth", weights_only=True)["state_dict"])
+    assert weights_digest(model) == replicas[0]["weights_sha256"]
+
+
+def test_save_best_keeps_the_best_validation_checkpoint(trained):
+    summary, work, cfg = trained
+    records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    val = [r for r in records if "mIoU" in r]
+    best = max(val, key=lambda r: r["mIoU"])  # ties: the earlier one stays best, as in MMSeg
+    best = next(r for r in val if r["mIoU"] == best["mIoU"])
+    files = sorted(p.name for p in work.glob("best_mIoU_iter_*.pth"))
+    assert files == [f"best_mIoU_iter_{best['iter']}.pth"]
+    assert summary["best"].endswith(files[0])
+    kept = torch.load(work / "ray_results" / "tiny" / "best_mIoU" / "checkpoint.pt", weights_only=True)
+    assert kept["meta"]["iter"] == best["iter"] and kept["best"]["score"] == pytest.approx(best["mIoU"])
+    assert val[-1]["best_mIoU"] == pytest.approx(best["mIoU"])
 
 
 def test_log_jsonl_has_intervals_and_validation(trained):
@@ -110,7 +140,11 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained, mlflow_server):
     assert sorted(m.step for m in history) == [2, 3, 4, 6]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")] == [3, 6]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "log.jsonl", "weights", "evaluation"} <= names
+    assert {"config.yaml", "log.jsonl", "weights", "evaluation", "replicas.json"} <= names
+    assert any(a.path.startswith("weights/best_mIoU_iter_") for a in client.list_artifacts(run.info.run_id, "weights"))
+    # Each node's worker samples system metrics into the run (one node here).
+    system = [k for k in run.data.metrics if k.startswith("system/node-")]
+    assert any(k.endswith("cpu_utilization_percentage") for k in system), sorted(run.data.metrics)
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/per_class.csv" in evaluation
     weights = client.download_artifacts(run.info.run_id, "weights/latest.pth", str(work / "dl"))

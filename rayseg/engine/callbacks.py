@@ -5,6 +5,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Dict, List, Optional
 
 from ray.train import UserCallback
@@ -58,8 +59,9 @@ class TrainLogCallback(UserCallback):
     ``train.log`` beside it (like MMSeg's text logger), and MLflow."""
 
     def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
-                 max_iters: int = 0):
+                 max_iters: int = 0, run_dir: Optional[str] = None):
         self.log_path = log_path
+        self.run_dir = run_dir
         self.text_log_path = os.path.join(os.path.dirname(log_path), "train.log")
         self.max_iters = max_iters
         self.tracking_uri = tracking_uri
@@ -79,6 +81,10 @@ class TrainLogCallback(UserCallback):
     def after_report(self, run_context, metrics: List[Dict[str, Any]], checkpoint) -> None:
         if not metrics:
             return
+        if checkpoint is not None and metrics[0].get("saved_best") and self.run_dir:
+            self._keep_best(checkpoint, metrics[0]["saved_best"])
+        if all("replica" in m for m in metrics):
+            self._write_replicas([m["replica"] for m in metrics])
         record = scalar_metrics(metrics[0])
         if record.get("iter", 0) <= self.last_iter:
             return
@@ -93,3 +99,24 @@ class TrainLogCallback(UserCallback):
         run = self._mlflow()
         if run is not None and "iter" in record:
             run.log_metrics({k: v for k, v in record.items() if k != "iter" and v is not None}, step=record["iter"])
+
+    def _keep_best(self, checkpoint, key: str) -> None:
+        """Copy the just-persisted checkpoint to ``<run_dir>/best_<key>``, out of ``max_keep_ckpts``' reach."""
+        from rayseg.engine import storage
+        from rayseg.engine.best import BEST_DIR_PREFIX
+
+        target = storage.join(self.run_dir, BEST_DIR_PREFIX + key)
+        try:
+            storage.replace_dir(checkpoint.filesystem, checkpoint.path, target)
+        except Exception as exc:  # losing the best copy must not kill the training run
+            warnings.warn(f"could not copy the best checkpoint {checkpoint.path} to {target} ({exc}); training "
+                          "continues", RuntimeWarning, stacklevel=2)
+
+    def _write_replicas(self, replicas: List[Dict[str, Any]]) -> None:
+        """``replicas.json``: each worker's node and weights digest at the end, to show the replicas agree."""
+        path = os.path.join(os.path.dirname(self.log_path), "replicas.json")
+        with open(path, "w") as f:
+            json.dump(replicas, f, indent=2)
+        run = self._mlflow()
+        if run is not None:
+            run.log_artifact(path)

@@ -1,6 +1,7 @@
 """The per-worker training loop run by Ray Train's ``TorchTrainer``."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sys
@@ -13,10 +14,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rayseg.engine.best import BestScore, resolve_save_best
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, load_model_weights, save_train_state, unwrap
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
+from rayseg.engine.precision import precision_settings
+from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
+from rayseg.tracking import start_system_metrics
 from rayseg.errors import DataError
 
 
@@ -66,8 +71,9 @@ class _BatchStream:
     """Endless view over the shard's single training stream; a clear error if it runs dry."""
 
     def __init__(self, shard, batch_size: int, device):
+        # Pinned host memory lets the host→GPU copy run asynchronously; it means nothing on CPU.
         self._it: Iterator = iter(shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, device=device,
+            batch_size=batch_size, drop_last=True, device=device, pin_memory=device.type == "cuda",
             dtypes={"img": torch.uint8, "gt_semantic_seg": torch.uint8}))
 
     def next(self, iteration: int) -> Dict[str, torch.Tensor]:
@@ -76,6 +82,24 @@ class _BatchStream:
         except StopIteration:
             raise DataError(f"the training stream ended before iteration {iteration}; "
                             "this is a bug in the stream length computation") from None
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, in state-dict order: equal digests mean equal replicas."""
+    digest = hashlib.sha256()
+    for name, tensor in unwrap(model).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _replica_record(model: torch.nn.Module, rank: int) -> Dict[str, Any]:
+    import socket
+
+    import ray
+
+    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+            "pid": os.getpid(), "weights_sha256": weights_digest(model)}
 
 
 def _quiet_worker_logs() -> None:
@@ -112,9 +136,9 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
 
     model = build_segmentor(cfg["model"])
     device = ray.train.torch.get_device()
+    precision = precision_settings(cfg, device)
     if world > 1 and uses_sync_bn(cfg["model"]):
         model = convert_sync_batchnorm(model, device.type)
-    optimizer_holder = {}
     max_iters = int(cfg["runner"]["max_iters"])
     start_iter = 0
 
@@ -125,19 +149,30 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             restored = torch.load(os.path.join(folder, TRAIN_STATE_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(restored["state_dict"])
         start_iter = int(restored["meta"]["iter"])
+        if rank == 0:
+            console(f"Restored the training state of iteration {start_iter}; continuing to {max_iters}")
     elif config.get("init_weights") is not None:
         load_model_weights(model, config["init_weights"], str(cfg.get("load_from")))
 
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
         if world > 1 else model.to(device)
     optimizer = build_optimizer(unwrap(model), cfg["optimizer"])
-    if restored is not None and "optimizer" in restored:
-        optimizer.load_state_dict(restored["optimizer"])
-    if restored is not None and "rng" in restored:
-        torch.set_rng_state(restored["rng"]["torch"])
-    optimizer_holder["opt"] = optimizer
+    opt_cfg = cfg.get("optimizer_config") or {}
+    step = TrainStep(model, optimizer, precision, grad_clip=opt_cfg.get("grad_clip"),
+                     skip_nonfinite=bool(opt_cfg.get("skip_nonfinite")))
+    best_key = resolve_save_best(cfg.get("evaluation"))
+    best = BestScore(best_key) if best_key else None
+    if restored is not None:
+        if "optimizer" in restored:
+            optimizer.load_state_dict(restored["optimizer"])
+        if "rng" in restored:
+            torch.set_rng_state(restored["rng"]["torch"])
+        step.load_state_dict(restored.get("step") or {})
+        if best is not None:
+            best.load_state_dict(restored.get("best"))
     schedule = build_lr_schedule(cfg.get("lr_config"), float(cfg["optimizer"]["lr"]), max_iters)
-    grad_clip = (cfg.get("optimizer_config") or {}).get("grad_clip")
 
     normalizer = DeviceNormalizer.from_pipeline(cfg["data"]["train"]["pipeline"], device=device)
     stream = _BatchStream(ray.train.get_dataset_shard("train"), int(cfg["data"]["samples_per_gpu"]), device)
@@ -150,6 +185,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     ckpt_interval = int((cfg.get("checkpoint_config") or {}).get("interval") or max_iters)
     num_classes = unwrap(model).num_classes
     class_names = config.get("class_names")
+    monitor = start_system_metrics(config.get("system_metrics"), ctx)
 
     sums: Dict[str, float] = defaultdict(float)
     count = 0
@@ -161,20 +197,11 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         batch = stream.next(it)
         img = normalizer(batch["img"])
         seg = batch["gt_semantic_seg"].long()
-        losses = model(img, seg)
-        loss = sum(v for k, v in losses.items() if "loss" in k)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {it + 1}; stopping before it corrupts "
-                                     "the weights (lower the lr or add optimizer_config.grad_clip)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), **grad_clip)
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] += float(v.detach())
-        sums["loss"] += float(loss.detach())
-        count += 1
+        losses = step(img, seg, it + 1)
+        if losses is not None:
+            for k, v in losses.items():
+                sums[k] += v
+            count += 1
         iters_timed += 1
         done = it + 1
 
@@ -186,8 +213,10 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
 
         elapsed = time.perf_counter() - tic
         metrics: Dict[str, Any] = {"iter": done, "lr": lr}
-        if count:
-            metrics.update(_mean_across_workers({k: v / count for k, v in sums.items()}))
+        # Every worker joins the mean, even one whose steps were all skipped, so the collective matches.
+        metrics.update(_mean_across_workers({k: v / max(1, count) for k, v in sums.items()}))
+        if step.skip_nonfinite:
+            metrics["skipped_steps"] = step.skipped
         sec_per_iter = elapsed / max(1, iters_timed)
         metrics["time"] = sec_per_iter
         if rank == 0:
@@ -206,14 +235,27 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             if rank == 0:
                 console(f"Iter(val) [{done}]  aAcc: {results['aAcc']:.2f}, mIoU: {results['mIoU']:.2f}, "
                         f"mAcc: {results['mAcc']:.2f}")
+            # The areas were all-reduced, so every worker reaches the same verdict here.
+            if best is not None and best.update(results, done):
+                is_ckpt = True
+                metrics["saved_best"] = best.key
+            if best is not None:
+                metrics[f"best_{best.key}"] = best.score
+        if done == max_iters:
+            metrics["replica"] = _replica_record(model, rank)
         if is_ckpt:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:
-                    save_train_state(tmp, model, optimizer, done, cfg)
+                    extra = {"step": step.state_dict()}
+                    if best is not None:
+                        extra["best"] = best.state_dict()
+                    save_train_state(tmp, model, optimizer, done, cfg, extra=extra)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"iter_{done:08d}")
         else:
             ray.train.report(metrics)
         tic = time.perf_counter()
         iters_timed = 0
+    if monitor is not None:
+        monitor.finish()

@@ -6,6 +6,10 @@ import os
 from typing import Any, Dict, Optional
 
 from rayseg.config import dump_config
+from rayseg.engine.best import resolve_save_best
+from rayseg.engine.precision import requested_precision
+from rayseg.engine.storage import check_storage_for_cluster, storage_root
+from rayseg.engine.storage import join as storage_join
 from rayseg.errors import ConfigError
 
 # Fraction of a CPU each decode/augment actor asks Ray for; the actors mostly wait on I/O and OpenCV,
@@ -50,14 +54,20 @@ def ensure_ray(cfg: Dict[str, Any], address: Optional[str] = None) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, needed), dashboard_host="127.0.0.1")
 
 
-def _quiet_ray_data() -> None:
-    """Ray Data's per-operator progress bars would drown the training progress line on the console."""
+def _quiet_ray_data(deterministic: bool = False) -> None:
+    """Ray Data's per-operator progress bars would drown the training progress line on the console.
+
+    ``deterministic`` also makes Ray Data keep block order, which fixes which rows each worker's shard
+    gets (the split otherwise follows whichever block is ready first).
+    """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
+    if deterministic:
+        ctx.execution_options.preserve_order = True
 
 
 def _num_ingest_actors(cfg: Dict[str, Any]) -> int:
@@ -74,15 +84,16 @@ class TrainStreamFactory:
     """
 
     def __init__(self, dataset, run_dir: str, fallback_iter: int, max_iters: int, batch: int, world: int,
-                 seed: int, actors: int):
+                 seed: int, actors: int, deterministic: bool = False):
         self.dataset, self.run_dir, self.fallback_iter = dataset, run_dir, fallback_iter
         self.max_iters, self.batch, self.world, self.seed, self.actors = max_iters, batch, world, seed, actors
+        self.deterministic = deterministic
 
     def __call__(self):
         from rayseg.datasets.ray_data import build_train_stream
         from rayseg.engine.resume import latest_checkpoint
 
-        _quiet_ray_data()  # this runs in Ray Train's controller, whose DataContext is its own
+        _quiet_ray_data(self.deterministic)  # this runs in Ray Train's controller, whose DataContext is its own
         found = latest_checkpoint(self.run_dir)
         start_iter = found[1] if found else self.fallback_iter
         per_iter = self.batch * self.world
@@ -90,6 +101,22 @@ class TrainStreamFactory:
         rows = (self.max_iters - start_iter + 1) * per_iter
         return build_train_stream(self.dataset, rows, seed=self.seed, start_position=start_iter * per_iter,
                                   num_actors=self.actors, actor_num_cpus=INGEST_ACTOR_CPUS)
+
+
+def _check_cluster_storage(storage: str) -> None:
+    """Refuse a head-local storage path before any worker starts, if the cluster spans several machines."""
+    import ray
+
+    addresses = [n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")]
+    check_storage_for_cluster(storage, addresses)
+
+
+def _system_metrics_spec(cfg: Dict[str, Any], run) -> Optional[Dict[str, Any]]:
+    ml = cfg.get("mlflow") or {}
+    if run is None or not ml.get("system_metrics", True):
+        return None
+    return {"tracking_uri": run.tracking_uri, "run_id": run.run_id,
+            "interval": float(ml.get("system_metrics_interval", 10))}
 
 
 def _start_point(cfg: Dict[str, Any], run_dir: str, work_dir: str, resume: bool) -> tuple:
@@ -135,10 +162,13 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     cfg = dict(cfg, work_dir=work_dir, load_from=load_from)
     if (cfg.get("runner") or {}).get("type", "IterBasedRunner") != "IterBasedRunner":
         raise ConfigError(f"runner.type: only IterBasedRunner is supported, got {cfg['runner'].get('type')!r}")
+    # Config mistakes the workers would only hit after start-up are caught here, before anything starts.
+    resolve_save_best(cfg.get("evaluation"))
+    requested_precision(cfg)
     max_iters = int(cfg["runner"]["max_iters"])
-    storage = cfg.get("storage_path") or os.path.join(work_dir, "ray_results")
+    storage = storage_root(cfg.get("storage_path"), work_dir)
     name = os.path.basename(work_dir)
-    run_dir = os.path.join(storage, name)
+    run_dir = storage_join(storage, name)
     start_iter, resume_from = _start_point(cfg, run_dir, work_dir, resume)
     log_path = os.path.join(work_dir, "log.jsonl")
     if start_iter >= max_iters:
@@ -152,7 +182,9 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     with open(config_file, "w") as f:
         f.write(dump_config(cfg))
     ensure_ray(cfg, address)
-    _quiet_ray_data()
+    _check_cluster_storage(storage)
+    deterministic = bool(cfg.get("deterministic"))
+    _quiet_ray_data(deterministic)
     data = cfg["data"]
     train_set = build_dataset(data["train"])
     eval_interval = int((cfg.get("evaluation") or {}).get("interval") or 0)
@@ -162,7 +194,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     actors = _num_ingest_actors(cfg)
     datasets: Dict[str, Any] = {"train": TrainStreamFactory(
         train_set, run_dir, start_iter, max_iters, int(data["samples_per_gpu"]), scaling.num_workers,
-        int(cfg.get("seed") or 0), actors)}
+        int(cfg.get("seed") or 0), actors, deterministic)}
     if val_set is not None:
         datasets["val"] = build_eval_stream(val_set, num_actors=max(1, actors // 2), actor_num_cpus=INGEST_ACTOR_CPUS)
 
@@ -181,7 +213,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
         failure_config=FailureConfig(max_failures=int(failure.get("max_failures", 0))),
         checkpoint_config=CheckpointConfig(num_to_keep=ckpt_cfg.get("max_keep_ckpts")),
         callbacks=[TrainLogCallback(log_path, run.tracking_uri if run else None, run.run_id if run else None,
-                                    max_iters=max_iters)])
+                                    max_iters=max_iters, run_dir=run_dir)])
     per_worker_cpus = (cfg.get("scaling") or {}).get("resources_per_worker") or {}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -190,6 +222,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
             "val_pipeline": data["val"]["pipeline"] if val_set is not None else None,
             "class_names": list(train_set.CLASSES) if getattr(train_set, "CLASSES", None) else None,
             "torch_threads": max(1, int(per_worker_cpus.get("CPU", 1))),
+            "system_metrics": _system_metrics_spec(cfg, run),
         },
         scaling_config=scaling, run_config=run_config, datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
@@ -202,7 +235,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
         raise
 
     summary: Dict[str, Any] = {"work_dir": work_dir, "log": log_path, "start_iter": start_iter}
-    summary.update(write_final_outputs(result, cfg, work_dir, train_set, run))
+    summary.update(write_final_outputs(result, cfg, work_dir, train_set, run, run_dir=run_dir))
     if run is not None:
         run.log_artifact(log_path)
         run.finish("FINISHED")
