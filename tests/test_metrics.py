@@ -1,13 +1,17 @@
 """SegMetric and its reports against small hand-computed cases (MMSeg semantics)."""
 import json
 import math
+import os
+import socket
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from rayseg.evaluation import SegMetric, format_tables, metrics_to_json, per_class_csv
+from rayseg.evaluation.report import ALLOWED_METRICS, per_class_columns
 
 # 4 classes; class 2 appears nowhere, class 3 is predicted once but never labelled; one ignored pixel.
 PRED = np.array([[0, 0, 1],
@@ -193,3 +197,150 @@ def test_per_class_csv():
     assert rows[2].startswith('"road, wet",')  # names with commas are quoted
     assert rows[3] == "tree,nan,nan,nan,nan,nan,nan"
     assert len(rows) == 5
+
+
+# ---------------------------------------------------------------- confusion matrix
+def _random_pair(seed, n=6, shape=(3, 17, 13)):
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, n, size=shape)
+    label = rng.integers(0, n, size=shape)
+    label[rng.random(shape) < 0.15] = 255
+    return pred, label
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_confusion_matrix_agrees_with_the_area_vectors(as_tensor):
+    pred, label = _random_pair(3)
+    m = SegMetric(6)
+    if as_tensor:
+        m.update(torch.from_numpy(pred), torch.from_numpy(label))
+    else:
+        m.update(pred, label)
+    areas = m.areas
+    conf = areas["confusion"]
+    assert conf.shape == (6, 6) and conf.dtype == np.int64
+    assert np.array_equal(np.diag(conf), areas["area_intersect"])
+    assert np.array_equal(conf.sum(axis=1), areas["area_label"])  # rows: ground truth
+    assert np.array_equal(conf.sum(axis=0), areas["area_pred_label"])  # columns: prediction
+    assert conf.sum() == int((label != 255).sum())  # ignored pixels are left out
+    # One explicit cell: ground truth 2 predicted as 4.
+    keep = label != 255
+    assert conf[2, 4] == int(((label == 2) & (pred == 4) & keep).sum())
+    assert np.array_equal(m.confusion_matrix(normalize=None), conf)
+
+
+def test_confusion_matrix_normalisation_and_empty_rows():
+    m = SegMetric(3)
+    # gt 0: predicted 0, 0, 1; gt 1: predicted 1; class 2 never in the labels.
+    m.update(np.array([[0, 0, 1, 1]]), np.array([[0, 0, 0, 1]]))
+    true = m.confusion_matrix()
+    assert true.dtype == np.float64
+    assert np.allclose(true, [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0]])
+    assert np.allclose(m.confusion_matrix("pred"), [[1, 0.5, 0], [0, 0.5, 0], [0, 0, 0]])
+    assert np.allclose(m.confusion_matrix("all"), [[0.5, 0.25, 0], [0, 0.25, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="'rows'"):
+        m.confusion_matrix("rows")
+
+
+def test_confusion_merge_of_halves_equals_whole_and_from_areas_keeps_it():
+    pred, label = _random_pair(4)
+    whole = SegMetric(6)
+    whole.update(pred, label)
+    first, second = SegMetric(6), SegMetric(6)
+    first.update(pred[:1], label[:1])
+    second.update(pred[1:], label[1:])
+    assert not np.array_equal(first.areas["confusion"], whole.areas["confusion"])
+    first.merge(second)
+    assert np.array_equal(first.areas["confusion"], whole.areas["confusion"])
+    # Summing areas dicts (what distributed evaluation does) gives the whole too.
+    a, b = SegMetric(6), SegMetric(6)
+    a.update(pred[:2], label[:2])
+    b.update(pred[2:], label[2:])
+    summed = {k: a.areas[k] + b.areas[k] for k in a.areas}
+    rebuilt = SegMetric.from_areas(summed)
+    assert np.array_equal(rebuilt.confusion_matrix(None), whole.confusion_matrix(None))
+    assert _close(rebuilt.compute()["IoU"], whole.compute()["IoU"])
+
+
+def test_add_areas_without_confusion_updates_only_the_vectors():
+    m = SegMetric(2)
+    m.add_areas({"area_intersect": [1, 0], "area_union": [2, 1], "area_pred_label": [1, 1], "area_label": [2, 0]})
+    assert m.areas["area_label"].tolist() == [2, 0]
+    assert m.areas["confusion"].sum() == 0
+    assert m.compute()["aAcc"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match=r"confusion has shape \(2,\), expected \(2, 2\)"):
+        m.add_areas({**m.areas, "confusion": [1, 2]})
+
+
+def _all_reduce_worker(rank, world, port, pred, label, results):
+    import torch.distributed as dist
+
+    from rayseg.engine.evaluate import all_reduce_metric
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    m = SegMetric(6)
+    m.update(pred[rank::world], label[rank::world])
+    results[rank] = all_reduce_metric(m).areas
+    dist.destroy_process_group()
+
+
+def test_all_reduce_metric_sums_vectors_and_confusion_across_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pred, label = _random_pair(5, shape=(4, 9, 7))
+    results = mp.Manager().dict()
+    mp.spawn(_all_reduce_worker, args=(2, port, pred, label, results), nprocs=2, join=True)
+    whole = SegMetric(6)
+    whole.update(pred, label)
+    for rank in (0, 1):
+        assert set(results[rank]) == set(whole.areas)
+        for key, value in whole.areas.items():
+            assert np.array_equal(results[rank][key], value), key
+
+
+# ---------------------------------------------------------------- metric selection in reports
+def test_per_class_columns_follow_mmseg_groups():
+    assert ALLOWED_METRICS == ("mIoU", "mDice", "mFscore")
+    assert per_class_columns(["mIoU"]) == ["IoU", "Acc"]
+    assert per_class_columns("mDice") == ["Acc", "Dice"]
+    assert per_class_columns(["mFscore"]) == ["Fscore", "Precision", "Recall"]
+    assert per_class_columns(["mFscore", "mIoU", "mDice"]) == ["IoU", "Acc", "Dice", "Fscore", "Precision", "Recall"]
+    with pytest.raises(ValueError, match=r"'mAP'.*mIoU.*mDice.*mFscore"):
+        per_class_columns(["mIoU", "mAP"])
+    with pytest.raises(ValueError, match="no metrics"):
+        per_class_columns([])
+
+
+def _cells(line):
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_format_tables_with_selected_metrics():
+    names = ["sky", "road", "tree", "car"]
+    assert format_tables(_results(), names) == format_tables(_results(), names, metrics=("mIoU",))
+    text = format_tables(_results(), names, metrics=["mDice", "mFscore"])
+    lines = text.splitlines()
+    assert _cells(next(line for line in lines if "Class" in line)) == [
+        "Class", "Acc", "Dice", "Fscore", "Precision", "Recall"]
+    assert _cells(next(line for line in lines if "sky" in line)) == [
+        "sky", "100.00", "80.00", "80.00", "66.67", "100.00"]
+    header = next(line for line in lines if "aAcc" in line)
+    assert _cells(header) == ["aAcc", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall"]
+    assert _cells(lines[lines.index(header) + 2]) == ["60.00", "66.67", "43.33", "65.00", "55.56", "66.67"]
+    with pytest.raises(ValueError, match="'IoU'"):
+        format_tables(_results(), names, metrics=["IoU"])
+
+
+def test_metrics_to_json_with_selected_metrics():
+    names = ["sky", "road", "tree", "car"]
+    out = metrics_to_json(_results(), names, metrics=["mDice"])
+    assert set(out) == {"aAcc", "mAcc", "mDice", "per_class"}
+    assert out["mDice"] == pytest.approx(130 / 3)
+    assert set(out["per_class"]["sky"]) == {"Acc", "Dice"}
+    assert out["per_class"]["tree"]["Dice"] is None
+    assert metrics_to_json(_results(), names, metrics=None) == metrics_to_json(_results(), names)
+    with pytest.raises(ValueError, match="'miou'"):
+        metrics_to_json(_results(), names, metrics=["miou"])

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from rayseg.datasets import Compose, build_pipeline, split_device_steps
+from rayseg.datasets.compose import enable_aug_test
 from rayseg.datasets.loading import map_labels
 from rayseg.datasets.photometric import PhotoMetricDistortion
 from rayseg.datasets.transforms import Pad, RandomCrop, RandomFlip, Resize, rescale_size
@@ -253,19 +254,92 @@ def test_split_device_steps_removes_every_normalize():
         split_device_steps([norm, dict(norm, to_rgb=False)])
 
 
-def test_multi_scale_flip_aug_single_variant_runs_and_more_variants_error():
+def test_multi_scale_flip_aug_single_variant_returns_a_plain_results_dict():
     pipe = build_pipeline([{"type": "MultiScaleFlipAug", "img_scale": [40, 20], "flip": False,
                             "transforms": [{"type": "Resize", "keep_ratio": True}, {"type": "RandomFlip"}]}])
     out = pipe(coord_sample(100, 200))
     assert out["img"].shape[:2] == (20, 40) and out["flip"] is False
+    assert "aug_variants" not in out
     out = build_pipeline([{"type": "MultiScaleFlipAug", "img_ratios": [0.5],
                            "transforms": [{"type": "Resize", "keep_ratio": True}]}])(coord_sample(100, 200))
     assert out["img"].shape[:2] == (50, 100)
-    with pytest.raises(ConfigError, match="not supported"):
-        build_pipeline([{"type": "MultiScaleFlipAug", "img_scale": (64, 32), "flip": True, "transforms": []}])
-    with pytest.raises(ConfigError, match="not supported"):
-        build_pipeline([{"type": "MultiScaleFlipAug", "img_scale": (64, 32), "img_ratios": [0.5, 1.0],
-                         "transforms": []}])
+
+
+def _tta(**kwargs):
+    return build_pipeline([{"type": "MultiScaleFlipAug", **kwargs,
+                            "transforms": [{"type": "Resize", "keep_ratio": True}, {"type": "RandomFlip"}]}])
+
+
+@pytest.mark.parametrize("kwargs,scales", [
+    # img_ratios on the image's own size (w=200, h=100)
+    ({"img_ratios": [0.5, 1.0, 1.5], "flip": True}, [(100, 50), (200, 100), (300, 150)]),
+    # img_ratios on img_scale
+    ({"img_scale": (80, 40), "img_ratios": [0.5, 1.0], "flip": True}, [(40, 20), (80, 40)]),
+    # several img_scale values, no flip
+    ({"img_scale": [(80, 40), (60, 30)], "flip": False}, [(80, 40), (60, 30)]),
+])
+def test_multi_scale_flip_aug_variants_are_scales_times_flips(kwargs, scales):
+    sample = coord_sample(100, 200)
+    out = _tta(**kwargs)(sample)
+    flips = [False, True] if kwargs.get("flip") else [False]
+    variants = out["aug_variants"]
+    assert len(variants) == len(scales) * len(flips)
+    assert [(v["scale"], v["flip"]) for v in variants] == [(s, f) for s in scales for f in flips]
+    for v in variants:
+        w, h = v["scale"]
+        assert v["img"].shape[:2] == (h, w) and v["flip_direction"] == "horizontal"
+    # The top-level dict is the first variant (callers that ignore aug_variants still work).
+    assert out["img"] is variants[0]["img"] and "aug_variants" not in variants[0]
+    assert sample["img"].shape[:2] == (100, 200) and "scale" not in sample  # input untouched
+
+
+@pytest.mark.parametrize("direction,axis", [("horizontal", 1), ("vertical", 0)])
+def test_multi_scale_flip_aug_flipped_variant_is_the_mirrored_image(direction, axis):
+    out = _tta(img_ratios=[0.5, 1.0], flip=True, flip_direction=direction)(coord_sample(40, 60))
+    variants = out["aug_variants"]
+    for plain, flipped in zip(variants[0::2], variants[1::2]):
+        assert plain["flip"] is False and flipped["flip"] is True
+        assert flipped["flip_direction"] == direction and plain["scale"] == flipped["scale"]
+        assert np.array_equal(flipped["img"], np.flip(plain["img"], axis=axis))
+        assert not np.array_equal(flipped["img"], plain["img"])
+
+
+def test_multi_scale_flip_aug_crosses_flip_directions_like_mmseg():
+    out = _tta(img_scale=(60, 40), flip=True, flip_direction=["horizontal", "vertical"])(coord_sample(40, 60))
+    assert [(v["flip"], v["flip_direction"]) for v in out["aug_variants"]] == [
+        (False, "horizontal"), (False, "vertical"), (True, "horizontal"), (True, "vertical")]
+
+
+def test_multi_scale_flip_aug_config_errors():
+    with pytest.raises(ConfigError, match="RandomFlip"):  # flip without the step that flips
+        build_pipeline([{"type": "MultiScaleFlipAug", "img_scale": (64, 32), "flip": True,
+                         "transforms": [{"type": "Resize"}]}])
+    with pytest.raises(ConfigError, match="flip_direction"):
+        _tta(img_scale=(64, 32), flip=True, flip_direction="sideways")
+    with pytest.raises(ConfigError, match="img_ratios"):
+        _tta(img_ratios=[0.5, -1.0])
+    with pytest.raises(ConfigError, match="single img_scale"):
+        _tta(img_scale=[(64, 32), (32, 16)], img_ratios=[0.5, 1.0])
+
+
+def test_enable_aug_test_sets_ratios_and_flip_on_a_copy():
+    test = [{"type": "LoadImageFromFile"},
+            {"type": "MultiScaleFlipAug", "img_scale": [80, 40], "flip": False,
+             "transforms": [{"type": "Resize", "keep_ratio": True},
+                            {"type": "Normalize", "mean": [0, 0, 0], "std": [1, 1, 1]}]}]
+    got = enable_aug_test(test)
+    step = got[1]
+    assert step["img_ratios"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and step["flip"] is True
+    assert [t["type"] for t in step["transforms"]] == ["Resize", "RandomFlip", "Normalize"]
+    assert test[1]["flip"] is False and "img_ratios" not in test[1] and len(test[1]["transforms"]) == 2
+    out = build_pipeline(got[1:])(coord_sample(40, 80))
+    assert len(out["aug_variants"]) == 12
+    assert out["aug_variants"][-1]["img"].shape[:2] == (70, 140)  # 1.75 × (80, 40)
+    small = enable_aug_test(test, ratios=[1.0, 2.0], flip=False)[1]
+    assert small["img_ratios"] == [1.0, 2.0] and small["flip"] is False
+    assert [t["type"] for t in small["transforms"]] == ["Resize", "Normalize"]
+    with pytest.raises(ConfigError, match="MultiScaleFlipAug"):
+        enable_aug_test([{"type": "LoadImageFromFile"}, {"type": "Resize", "img_scale": [8, 8]}])
 
 
 def test_unknown_step_and_argument_are_config_errors():

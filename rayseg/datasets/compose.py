@@ -1,12 +1,12 @@
-"""Pipelines: ``Compose``, ``build_pipeline``, ``MultiScaleFlipAug`` and ``split_device_steps``."""
+"""Pipelines: ``Compose``, ``build_pipeline``, ``MultiScaleFlipAug`` (+ ``enable_aug_test``), ``split_device_steps``."""
 from __future__ import annotations
 
 import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from rayseg.datasets.transforms import as_scales
 from rayseg.errors import ConfigError
 from rayseg.registry import TRANSFORMS, build
-from rayseg.datasets.transforms import as_scales
 
 
 class Compose:
@@ -40,12 +40,26 @@ def build_pipeline(cfgs: Sequence[Dict[str, Any]]) -> Compose:
     return Compose(cfgs)
 
 
+_FLIP_DIRECTIONS = ("horizontal", "vertical", "diagonal")
+# MMSeg's tools/test.py --aug-test ratios.
+AUG_TEST_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def _has_step(cfgs: Sequence[Any], name: str) -> bool:
+    return any((isinstance(c, dict) and c.get("type") == name) or type(c).__name__ == name for c in cfgs)
+
+
 @TRANSFORMS.register()
 class MultiScaleFlipAug:
-    """Test-time wrapper (MMSeg name): sets ``scale``/``flip`` in results and runs ``transforms``.
+    """Test-time augmentation (MMSeg 0.x): run ``transforms`` once per (scale, flip, direction) variant.
 
-    Only a single variant (one scale or ratio, no flip) is supported for now; more variants raise
-    ConfigError. With ``img_scale`` None, ``img_ratios`` scale the image's own size.
+    Scales are ``img_scale`` (one pair or a list), ``img_scale`` × each of ``img_ratios``, or, with
+    ``img_scale`` None, the image's own (w, h) × each ratio. Flips are [False, True] with ``flip`` else
+    [False], crossed with every ``flip_direction`` as MMSeg does. Each variant gets ``scale``, ``flip``
+    and ``flip_direction`` preset in its results, which ``Resize`` and ``RandomFlip`` obey.
+
+    Output: with one variant, that variant's results dict (as a plain pipeline). With several, the first
+    variant's results plus ``"aug_variants"``: the list of every variant's results dict, in order.
     """
 
     def __init__(self, transforms: Sequence[Dict[str, Any]], img_scale: Any = None,
@@ -55,6 +69,8 @@ class MultiScaleFlipAug:
             img_ratios = [img_ratios]
         if img_ratios is not None:
             img_ratios = [float(r) for r in img_ratios]
+            if not img_ratios or any(r <= 0 for r in img_ratios):
+                raise ConfigError(f"MultiScaleFlipAug: img_ratios must be positive numbers, got {img_ratios!r}")
         if img_scale is None:
             if not img_ratios:
                 raise ConfigError("MultiScaleFlipAug: give img_scale, img_ratios or both")
@@ -68,28 +84,70 @@ class MultiScaleFlipAug:
             self.img_scale = scales
         self.img_ratios = img_ratios
         self.flip = bool(flip)
-        self.flip_direction = flip_direction if isinstance(flip_direction, list) else [flip_direction]
-        n_scales = len(self.img_scale) if self.img_scale is not None else len(self.img_ratios)
-        if n_scales != 1 or self.flip:
-            raise ConfigError(
-                f"MultiScaleFlipAug: multi-scale/flip test-time augmentation ({n_scales} scale(s), "
-                f"flip={self.flip}) is not supported by this step yet; use one scale and flip=False"
-            )
+        directions = list(flip_direction) if isinstance(flip_direction, (list, tuple)) else [flip_direction]
+        bad = [d for d in directions if d not in _FLIP_DIRECTIONS]
+        if not directions or bad:
+            raise ConfigError(f"MultiScaleFlipAug: flip_direction must be one or more of {list(_FLIP_DIRECTIONS)}, "
+                              f"got {flip_direction!r}")
+        self.flip_direction = directions
+        if self.flip and not _has_step(self.transforms.transforms, "RandomFlip"):
+            # MMSeg only warns here; but aug_test would then un-flip predictions of unflipped images.
+            raise ConfigError("MultiScaleFlipAug: flip=True needs a RandomFlip step in its transforms "
+                              "(it does the flipping)")
+
+    def _scales(self, results: Dict[str, Any]) -> List[Tuple[int, int]]:
+        if self.img_scale is not None:
+            return list(self.img_scale)
+        h, w = results["img"].shape[:2]
+        return [(int(w * r), int(h * r)) for r in self.img_ratios]
 
     def __call__(self, results: Dict[str, Any]) -> Dict[str, Any]:
-        if self.img_scale is None:
-            h, w = results["img"].shape[:2]
-            scale = (int(w * self.img_ratios[0]), int(h * self.img_ratios[0]))
-        else:
-            scale = self.img_scale[0]
-        results = dict(results)
-        results["scale"] = scale
-        results["flip"] = False
-        results["flip_direction"] = self.flip_direction[0]
-        return self.transforms(results)
+        variants = []
+        for scale in self._scales(results):
+            for flip in ([False, True] if self.flip else [False]):
+                for direction in self.flip_direction:
+                    # A shallow copy per variant, as MMSeg: steps assign new arrays, never edit in place.
+                    variant = dict(results)
+                    variant["scale"] = scale
+                    variant["flip"] = flip
+                    variant["flip_direction"] = direction
+                    variants.append(self.transforms(variant))
+        if len(variants) == 1:
+            return variants[0]
+        # A copy of the first variant, so the returned dict does not contain itself.
+        out = dict(variants[0])
+        out["aug_variants"] = variants
+        return out
 
     def __repr__(self) -> str:
-        return f"MultiScaleFlipAug(img_scale={self.img_scale}, img_ratios={self.img_ratios}, flip={self.flip})"
+        return (f"MultiScaleFlipAug(img_scale={self.img_scale}, img_ratios={self.img_ratios}, flip={self.flip}, "
+                f"flip_direction={self.flip_direction})")
+
+
+def enable_aug_test(pipeline_cfgs: Sequence[Dict[str, Any]], ratios: Sequence[float] = AUG_TEST_RATIOS,
+                    flip: bool = True) -> List[Dict[str, Any]]:
+    """A copy of a test pipeline config whose ``MultiScaleFlipAug`` uses ``ratios`` and ``flip``.
+
+    This is MMSeg's ``tools/test.py --aug-test``: the step keeps its ``img_scale`` (the ratios then scale
+    it, or the image's own size when it is None). With ``flip`` and no ``RandomFlip`` among the step's
+    transforms, one is added after ``Resize`` so that flipped variants really are flipped. ConfigError
+    when the pipeline has no MultiScaleFlipAug. The input is not modified.
+    """
+    cfgs = copy.deepcopy(list(pipeline_cfgs))
+    steps = [c for c in cfgs if isinstance(c, dict) and c.get("type") == "MultiScaleFlipAug"]
+    if not steps:
+        kinds = [c.get("type") if isinstance(c, dict) else type(c).__name__ for c in cfgs]
+        raise ConfigError(f"test-time augmentation needs a MultiScaleFlipAug step in the test pipeline; "
+                          f"it has {kinds}")
+    for step in steps:
+        step["img_ratios"] = [float(r) for r in ratios]
+        step["flip"] = bool(flip)
+        inner = list(step.get("transforms", []))
+        if flip and not _has_step(inner, "RandomFlip"):
+            at = next((i + 1 for i, c in enumerate(inner) if isinstance(c, dict) and c.get("type") == "Resize"), 0)
+            inner.insert(at, {"type": "RandomFlip"})
+        step["transforms"] = inner
+    return cfgs
 
 
 def _pad_val_to_uint8(pad_val: Any, norm: Dict[str, Any]) -> List[int]:

@@ -15,15 +15,24 @@ PER_CLASS_KEYS = ("IoU", "Acc", "Dice", "Fscore", "Precision", "Recall")
 
 
 def all_reduce_metric(metric: SegMetric) -> SegMetric:
-    """Sum the per-class areas of every worker into ``metric`` (a no-op without a process group)."""
+    """Sum the per-class areas (and confusion matrix) of every worker into a new metric.
+
+    A no-op without a process group. The arrays have different shapes ((n,) vectors, (n, n) matrix),
+    so they are flattened into one int64 buffer: a single all-reduce instead of one per key.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return metric
     areas = metric.areas
-    keys = sorted(areas)
-    stacked = torch.from_numpy(np.stack([np.asarray(areas[k], dtype=np.int64) for k in keys]))
-    dist.all_reduce(stacked)
+    keys = sorted(areas)  # the same order on every rank
+    arrays = [np.asarray(areas[k], dtype=np.int64) for k in keys]
+    flat = torch.from_numpy(np.concatenate([a.ravel() for a in arrays]))
+    dist.all_reduce(flat)
     reduced = SegMetric(metric.num_classes, ignore_index=metric.ignore_index, class_names=metric.class_names)
-    reduced.add_areas({k: stacked[i].numpy() for i, k in enumerate(keys)})
+    summed, start = {}, 0
+    for key, array in zip(keys, arrays):
+        summed[key] = flat[start:start + array.size].numpy().reshape(array.shape)
+        start += array.size
+    reduced.add_areas(summed)
     return reduced
 
 

@@ -124,11 +124,7 @@ def check_storage_for_cluster(storage: str, node_addresses: Iterable[str],
     if len(machines) <= 1 or os.environ.get(ASSUME_SHARED_ENV) == "1":
         return
     path = storage[len("file://"):] if storage.startswith("file://") else storage
-    # Walk up to an existing folder: the run folder itself may not exist yet.
-    probe = path
-    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    fs_type = mount_fs_type(probe, mounts_file)
+    fs_type = mount_fs_type(path, mounts_file)  # realpath copes with a run folder that doesn't exist yet
     if fs_type in SHARED_FS_TYPES:
         return
     raise ConfigError(

@@ -3,6 +3,9 @@
 Per-class intersection I, union U, prediction area P and label area L are accumulated over the whole
 dataset (never averaged per image); pixels whose label is the ignore index are left out. ``compute``
 then derives aAcc, IoU, Acc, Dice, Precision, Recall and F-score, reported in percent.
+
+A confusion matrix (rows = ground truth, columns = prediction) is counted with the same single
+bincount, and I, P and L are read off it (diagonal, column sums, row sums).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ except ImportError:  # pragma: no cover - torch is a project dependency
     torch = None
 
 AREA_KEYS = ("area_intersect", "area_union", "area_pred_label", "area_label")
+CONFUSION_KEY = "confusion"
+NORMALIZE_MODES = ("true", "pred", "all")
 PER_CLASS_KEYS = ("IoU", "Acc", "Dice", "Fscore", "Precision", "Recall")
 SUMMARY_KEYS = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
 
@@ -30,11 +35,22 @@ def _nanmean(x: np.ndarray) -> float:
     return float(kept.mean()) if kept.size else float("nan")
 
 
-class SegMetric:
-    """Accumulates I, U, P, L per class over many ``update`` calls and turns them into metrics.
+def _areas_from_confusion(confusion: np.ndarray) -> Dict[str, np.ndarray]:
+    """I (diagonal), P (column sums), L (row sums), U = P + L − I and the matrix itself, all int64."""
+    confusion = confusion.astype(np.int64, copy=False)
+    inter = np.diagonal(confusion).copy()
+    area_p = confusion.sum(axis=0)
+    area_l = confusion.sum(axis=1)
+    return {"area_intersect": inter, "area_union": area_p + area_l - inter,
+            "area_pred_label": area_p, "area_label": area_l, CONFUSION_KEY: confusion}
 
-    ``areas`` / ``add_areas`` / ``from_areas`` expose the four int64 vectors so that distributed
-    code can all-reduce them (sum) and build the dataset-level result on one rank.
+
+class SegMetric:
+    """Accumulates I, U, P, L per class and a confusion matrix over many ``update`` calls.
+
+    ``areas`` / ``add_areas`` / ``from_areas`` expose the four int64 vectors and the (n, n) int64
+    ``"confusion"`` matrix so that distributed code can all-reduce them (sum) and build the
+    dataset-level result on one rank.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Optional[Sequence[str]] = None):
@@ -50,12 +66,13 @@ class SegMetric:
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._areas = {k: np.zeros(self.num_classes, dtype=np.int64) for k in AREA_KEYS}
+        self._areas[CONFUSION_KEY] = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def update(self, pred: Any, label: Any) -> None:
         """Add one image (H, W) or a batch (N, H, W) of predicted and ground-truth class indices.
 
         Accepts numpy arrays or torch tensors (on any device; counting happens there and only the
-        four small per-class vectors are copied back). Raises ValueError on mismatched shapes,
+        small (n, n) confusion matrix is copied back). Raises ValueError on mismatched shapes,
         non-integer inputs, or class indices outside [0, num_classes) that are not the ignore index.
         """
         if _is_tensor(pred) or _is_tensor(label):
@@ -88,11 +105,9 @@ class SegMetric:
             self._check_range("pred", int(p.min()), int(p.max()))
             self._check_range("label", int(lab.min()), int(lab.max()))
         n = self.num_classes
-        inter = np.bincount(lab[p == lab], minlength=n)
-        area_p = np.bincount(p, minlength=n)
-        area_l = np.bincount(lab, minlength=n)
-        return {"area_intersect": inter, "area_union": area_p + area_l - inter,
-                "area_pred_label": area_p, "area_label": area_l}
+        # One bincount over (label, pred) pairs gives the confusion matrix; I, P, L follow from it.
+        confusion = np.bincount(lab * n + p, minlength=n * n).reshape(n, n)
+        return _areas_from_confusion(confusion)
 
     def _count_torch(self, pred: Any, label: Any) -> Dict[str, np.ndarray]:
         device = pred.device if _is_tensor(pred) else label.device
@@ -110,29 +125,34 @@ class SegMetric:
             self._check_range("pred", p_lo, p_hi)
             self._check_range("label", l_lo, l_hi)
         n = self.num_classes
-        inter = torch.bincount(lab[p == lab], minlength=n)
-        area_p = torch.bincount(p, minlength=n)
-        area_l = torch.bincount(lab, minlength=n)
-        vectors = torch.stack([inter, area_p + area_l - inter, area_p, area_l]).cpu().numpy()
-        return dict(zip(AREA_KEYS, vectors.astype(np.int64)))
+        confusion = torch.bincount(lab * n + p, minlength=n * n).view(n, n)
+        return _areas_from_confusion(confusion.cpu().numpy())
 
     @property
     def areas(self) -> Dict[str, np.ndarray]:
-        """Copies of the four accumulated int64 vectors, keyed by ``AREA_KEYS``."""
+        """Copies of the accumulated int64 arrays: the four (n,) vectors keyed by ``AREA_KEYS`` and
+        the (n, n) confusion matrix under ``"confusion"``."""
         return {k: v.copy() for k, v in self._areas.items()}
 
     def add_areas(self, areas: Mapping[str, Any]) -> "SegMetric":
-        """Add per-class area vectors (numpy, list or tensor) keyed by ``AREA_KEYS``; returns self."""
+        """Add area arrays (numpy, list or tensor) keyed by ``AREA_KEYS`` and optionally ``"confusion"``.
+
+        Dicts without ``"confusion"`` (from older callers) update only the four vectors. Returns self.
+        """
+        n = self.num_classes
+        expected = {key: (n,) for key in AREA_KEYS}
+        if CONFUSION_KEY in areas:
+            expected[CONFUSION_KEY] = (n, n)
         converted = {}
-        for key in AREA_KEYS:
+        for key, shape in expected.items():
             if key not in areas:
                 raise ValueError(f"areas is missing {key!r}; expected keys {AREA_KEYS}")
             value = areas[key]
             if _is_tensor(value):
                 value = value.detach().cpu().numpy()
             vec = np.asarray(value).astype(np.int64)
-            if vec.shape != (self.num_classes,):
-                raise ValueError(f"{key} has shape {vec.shape}, expected ({self.num_classes},)")
+            if vec.shape != shape:
+                raise ValueError(f"{key} has shape {vec.shape}, expected {shape}")
             converted[key] = vec
         for key, vec in converted.items():  # add only after all checks pass: no half-applied update
             self._areas[key] += vec
@@ -152,6 +172,28 @@ class SegMetric:
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge metrics with {other.num_classes} and {self.num_classes} classes")
         return self.add_areas(other._areas)
+
+    def confusion_matrix(self, normalize: Optional[str] = "true") -> np.ndarray:
+        """The (n, n) confusion matrix: rows are ground-truth classes, columns predicted classes.
+
+        ``normalize="true"`` divides each row by its sum (the per-class recall spread over the
+        predictions), ``"pred"`` each column, ``"all"`` the whole matrix; rows/columns without pixels
+        stay 0. ``None`` returns the raw int64 pixel counts.
+        """
+        counts = self._areas[CONFUSION_KEY].copy()
+        if normalize is None:
+            return counts
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES} or None, got {normalize!r}")
+        counts = counts.astype(np.float64)
+        if normalize == "true":
+            total = counts.sum(axis=1, keepdims=True)
+        elif normalize == "pred":
+            total = counts.sum(axis=0, keepdims=True)
+        else:
+            total = np.full((1, 1), counts.sum())
+        # Empty rows/columns would be 0/0: divide only where there is something to divide.
+        return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
 
     def compute(self) -> Dict[str, Any]:
         """Dataset-level metrics in percent.

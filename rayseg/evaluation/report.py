@@ -8,9 +8,37 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from rayseg.evaluation.metrics import PER_CLASS_KEYS, SUMMARY_KEYS
+
+# The metric groups MMSeg's ``--eval`` accepts, and the per-class columns each one shows.
+ALLOWED_METRICS = ("mIoU", "mDice", "mFscore")
+_METRIC_COLUMNS = {"mIoU": ("IoU", "Acc"), "mDice": ("Dice", "Acc"), "mFscore": ("Fscore", "Precision", "Recall")}
+
+Metrics = Union[str, Sequence[str]]
+
+
+def per_class_columns(metrics: Metrics) -> List[str]:
+    """The per-class columns shown for a metric selection, in the fixed order of ``PER_CLASS_KEYS``.
+
+    ``metrics`` is one name or a list of names from ``ALLOWED_METRICS`` (``"mIoU"`` → IoU, Acc;
+    ``"mDice"`` → Dice, Acc; ``"mFscore"`` → Fscore, Precision, Recall). Unknown or no names are a
+    ValueError naming the value and the allowed ones.
+    """
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        raise ValueError(f"no metrics selected; choose from {list(ALLOWED_METRICS)}")
+    unknown = [m for m in names if m not in ALLOWED_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(ALLOWED_METRICS)}")
+    wanted = {col for m in names for col in _METRIC_COLUMNS[m]}
+    return [col for col in PER_CLASS_KEYS if col in wanted]
+
+
+def summary_columns(metrics: Metrics) -> List[str]:
+    """Summary keys for a metric selection: ``aAcc`` then ``m<column>`` per shown column."""
+    return ["aAcc", *("m" + col for col in per_class_columns(metrics))]
 
 
 def _names(results: Dict[str, Any], class_names: Optional[Sequence[str]]) -> List[str]:
@@ -44,15 +72,20 @@ def _box(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([rule, line(header), rule, *(line(r) for r in rows), rule])
 
 
-def format_tables(results: Dict[str, Any], class_names: Optional[Sequence[str]] = None) -> str:
-    """Return the per-class ``Class | IoU | Acc`` table and the ``aAcc | mIoU | mAcc`` summary as text.
+def format_tables(results: Dict[str, Any], class_names: Optional[Sequence[str]] = None,
+                  metrics: Metrics = ("mIoU",)) -> str:
+    """Return the per-class table and the summary table as text, in MMSeg's layout.
 
-    Values are percentages with 2 decimals; undefined values print as ``nan``.
+    ``metrics`` selects the columns as MMSeg's ``--eval`` does (see ``per_class_columns``); the
+    default gives ``Class | IoU | Acc`` and ``aAcc | mIoU | mAcc``. Values are percentages with 2
+    decimals; undefined values print as ``nan``.
     """
+    columns = per_class_columns(metrics)
     names = _names(results, class_names)
-    rows = [[name, _fmt(iou), _fmt(acc)] for name, iou, acc in zip(names, results["IoU"], results["Acc"])]
-    per_class = _box(["Class", "IoU", "Acc"], rows)
-    summary = _box(["aAcc", "mIoU", "mAcc"], [[_fmt(results[k]) for k in ("aAcc", "mIoU", "mAcc")]])
+    rows = [[name, *(_fmt(results[col][idx]) for col in columns)] for idx, name in enumerate(names)]
+    per_class = _box(["Class", *columns], rows)
+    keys = summary_columns(metrics)
+    summary = _box(keys, [[_fmt(results[k]) for k in keys]])
     return f"per class results:\n{per_class}\nSummary:\n{summary}\n"
 
 
@@ -60,12 +93,19 @@ def _none_if_nan(value: Any) -> Optional[float]:
     return None if _is_nan(value) else float(value)
 
 
-def metrics_to_json(results: Dict[str, Any], class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Return summary metrics plus ``per_class[name][metric]``, NaN replaced by None (valid JSON)."""
+def metrics_to_json(results: Dict[str, Any], class_names: Optional[Sequence[str]] = None,
+                    metrics: Optional[Metrics] = None) -> Dict[str, Any]:
+    """Return summary metrics plus ``per_class[name][metric]``, NaN replaced by None (valid JSON).
+
+    ``metrics=None`` keeps everything (all of ``SUMMARY_KEYS`` and ``PER_CLASS_KEYS``); a selection
+    (see ``per_class_columns``) keeps ``aAcc``, the shown columns and their means.
+    """
     names = _names(results, class_names)
-    out: Dict[str, Any] = {k: _none_if_nan(results[k]) for k in SUMMARY_KEYS}
+    summary_keys = list(SUMMARY_KEYS) if metrics is None else summary_columns(metrics)
+    columns = list(PER_CLASS_KEYS) if metrics is None else per_class_columns(metrics)
+    out: Dict[str, Any] = {k: _none_if_nan(results[k]) for k in summary_keys}
     out["per_class"] = {
-        name: {k: _none_if_nan(results[k][idx]) for k in PER_CLASS_KEYS} for idx, name in enumerate(names)
+        name: {k: _none_if_nan(results[k][idx]) for k in columns} for idx, name in enumerate(names)
     }
     return out
 

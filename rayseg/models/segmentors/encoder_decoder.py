@@ -5,6 +5,8 @@ The training engine relies on this API:
   ``forward(img)`` → ``{"out": logits}`` at the input size. Training goes through ``forward`` so
   DistributedDataParallel sees the call.
 - ``inference(img, ori_shape)`` → logits (``test_cfg.mode`` whole or slide); ``predict`` → labels.
+- ``aug_test(imgs, flips, ori_shape)`` → class probabilities averaged over test-time augmentation
+  variants (MultiScaleFlipAug); ``aug_predict`` → labels.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from rayseg.models.utils import add_prefix, resize
 from rayseg.registry import BACKBONES, HEADS, MODELS, NECKS, build
 
 _TEST_KEYS = {"mode", "crop_size", "stride"}
+# Tensor dims to flip back for each RandomFlip direction, on (N, C, H, W).
+_UNFLIP_DIMS = {"horizontal": (3,), "vertical": (2,), "diagonal": (2, 3)}
 
 
 def _pair(value: Any, name: str) -> Tuple[int, int]:
@@ -150,6 +154,35 @@ class EncoderDecoder(nn.Module):
     def predict(self, img: torch.Tensor, ori_shape: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Label map (N, H, W) long."""
         return self.inference(img, ori_shape).argmax(dim=1)
+
+    def aug_test(self, imgs: Sequence[torch.Tensor], flips: Sequence[Tuple[bool, str]],
+                 ori_shape: Sequence[int]) -> torch.Tensor:
+        """Class probabilities (N, C, H0, W0) averaged over test-time augmentation variants (MMSeg 0.x).
+
+        ``imgs[i]`` is variant i's normalised (N, C, H, W) batch (any scale) and ``flips[i]`` its
+        ``(flip, direction)``. Each variant's logits are resized to ``ori_shape``, turned into
+        probabilities (softmax over classes), flipped back when the input was flipped, and the
+        probabilities are averaged.
+        """
+        if len(imgs) == 0 or len(imgs) != len(flips):
+            raise ValueError(f"aug_test needs one (flip, direction) per image: got {len(imgs)} image batch(es) "
+                             f"and {len(flips)} flip entries")
+        total: Optional[torch.Tensor] = None
+        for img, (flip, direction) in zip(imgs, flips):
+            probs = self.inference(img, ori_shape).softmax(dim=1)
+            if flip:
+                if direction not in _UNFLIP_DIMS:
+                    raise ValueError(f"unknown flip direction {direction!r}; expected one of {list(_UNFLIP_DIMS)}")
+                probs = probs.flip(dims=_UNFLIP_DIMS[direction])
+            # A running sum keeps one probability map in memory, however many variants there are
+            # (out of place, so the function stays differentiable).
+            total = probs if total is None else total + probs
+        return total / len(imgs)
+
+    def aug_predict(self, imgs: Sequence[torch.Tensor], flips: Sequence[Tuple[bool, str]],
+                    ori_shape: Sequence[int]) -> torch.Tensor:
+        """Label map (N, H0, W0) long: argmax of ``aug_test``."""
+        return self.aug_test(imgs, flips, ori_shape).argmax(dim=1)
 
 
 def uses_sync_bn(model_cfg: Any) -> bool:
