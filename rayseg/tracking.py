@@ -114,16 +114,27 @@ def server_reachable(tracking_uri: str, timeout: float = 5.0) -> Optional[str]:
 def start_system_metrics(spec: Optional[Dict[str, Any]], train_context) -> Optional[Any]:
     """Start MLflow's system-metrics sampler (CPU, memory, disk, network, GPU) on this worker's node.
 
-    Only local rank 0 samples, once per node; each node's metrics are named ``system/<node>/...`` in the
-    job's MLflow run. ``spec``: ``{"tracking_uri", "run_id", "interval"}`` or None (off).
+    One worker per Ray node samples (the lowest rank there); each node's metrics are named
+    ``system/node-<id>/...`` in the job's MLflow run. ``spec``: ``{"tracking_uri", "run_id", "interval"}`` or
+    None (off). Every worker must call this: the choice of sampler is a collective.
     """
-    if not spec or train_context.get_local_rank() != 0:
+    import ray
+    import torch.distributed as dist
+
+    if not spec:
         return None
+    node_id = ray.get_runtime_context().get_node_id()
+    rank = train_context.get_world_rank()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # Ray Train's local rank groups workers by IP address, which simulated nodes share; node ids don't.
+        node_ids = [None] * dist.get_world_size()
+        dist.all_gather_object(node_ids, node_id)
+        if node_ids.index(node_id) != rank:
+            return None
     try:
-        import ray
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        node = f"node-{ray.get_runtime_context().get_node_id()[:8]}"
+        node = f"node-{node_id[:8]}"
         monitor = SystemMetricsMonitor(spec["run_id"], sampling_interval=float(spec.get("interval", 10)),
                                        samples_before_logging=1, resume_logging=True, node_id=node,
                                        tracking_uri=spec["tracking_uri"])

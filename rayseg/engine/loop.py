@@ -115,6 +115,8 @@ def _quiet_worker_logs() -> None:
     except (ImportError, AttributeError):
         pass
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # MLflow's system-metrics sampler announces its start and stop at INFO on every node.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
