@@ -93,6 +93,20 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every worker rank 0's BatchNorm running statistics (MMSeg's ``broadcast_bn_buffer``).
+
+    With plain BN each worker updates its running stats from its own last batch, so without this the
+    workers would validate with slightly different models, and ``latest.pth`` (rank 0's) would not be the
+    model that was validated.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in unwrap(model).buffers():
+        if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
+            dist.broadcast(buffer.data, src=0)
+
+
 def _replica_record(model: torch.nn.Module, rank: int) -> Dict[str, Any]:
     import socket
 
@@ -227,6 +241,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
                     f"time: {sec_per_iter:.3f}s/it, {loss_txt}")
         sums.clear()
         count = 0
+        if is_eval or done == max_iters:
+            sync_buffers(model)
         if is_eval:
             model.eval()
             results = evaluate_shard(unwrap(model), val_shard, val_normalizer, num_classes, device,

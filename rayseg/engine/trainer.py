@@ -51,7 +51,8 @@ def ensure_ray(cfg: Dict[str, Any], address: Optional[str] = None) -> None:
     # Logical CPUs: enough for the workers plus the ingest actors, at least the machine's cores.
     needed = math.ceil(int(sc.get("num_workers", 1)) * per_worker + 2 * actors * INGEST_ACTOR_CPUS) + 1
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), dashboard_host="127.0.0.1")
+    # address="local": a cluster someone started with `ray start` on this machine is not ours to join.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), dashboard_host="127.0.0.1")
 
 
 def _quiet_ray_data(deterministic: bool = False) -> None:
