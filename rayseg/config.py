@@ -11,6 +11,7 @@ import datetime
 import difflib
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
@@ -74,6 +75,8 @@ SCHEMA: Dict[str, Any] = {
     "failure": "dict",
     "tune": "dict",
 }
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 _TYPE_NAMES = {"int": "an int", "number": "a number", "str": "a string", "bool": "a bool",
                "dict": "a mapping", "list": "a list", "none": "null"}
@@ -217,6 +220,8 @@ def _set_override(cfg: Dict[str, Any], option: str) -> None:
         value = _plain(yaml.safe_load(raw), key)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--cfg-options {option!r}: cannot parse value: {exc}") from exc
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text; on a command line it means a number
     node: Any = cfg
     for depth, part in enumerate(parts):
         here = ".".join(parts[:depth + 1])

@@ -283,3 +283,11 @@ def test_print_config_cli(tree):
 
     proc = _run_cli(str(tree / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+
+
+def test_cfg_options_read_scientific_notation_as_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer: {type: SGD, lr: 0.01}\nrun_name: x\n".replace("run_name: x\n", ""))
+    cfg = load_config(str(path), ["optimizer.lr=1e-3", "optimizer.momentum=5E2", "optimizer.type=1e3x"])
+    assert cfg["optimizer"]["lr"] == 0.001 and cfg["optimizer"]["momentum"] == 500.0
+    assert cfg["optimizer"]["type"] == "1e3x"  # not a number: stays text

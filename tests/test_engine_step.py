@@ -197,3 +197,18 @@ def test_head_local_storage_is_refused_on_a_multi_machine_cluster(tmp_path, monk
     storage.check_storage_for_cluster("/home/me/runs", ["127.0.0.1", "127.0.0.1"], str(mounts))  # one machine
     monkeypatch.setenv(storage.ASSUME_SHARED_ENV, "1")
     storage.check_storage_for_cluster("/home/me/runs", two_machines, str(mounts))
+
+
+def test_latest_checkpoint_follows_what_ray_registered(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    _write_ckpt(run / "iter_00000004", 4)
+    _write_ckpt(run / "iter_00000008", 8)  # uploaded by rank 0, but the worker group died before Ray registered it
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"latest_checkpoint_result": {"checkpoint_dir_name": "iter_00000004", "metrics": {}}}))
+    assert latest_checkpoint(str(run))[1] == 4
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps({"latest_checkpoint_result": None}))
+    assert latest_checkpoint(str(run)) is None  # Ray starts from scratch, so must the data stream
+    (run / "checkpoint_manager_snapshot.json").write_text("{not json")
+    assert latest_checkpoint(str(run))[1] == 8  # unreadable snapshot: the newest complete folder

@@ -15,6 +15,7 @@ from rayseg.errors import CheckpointError
 
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
 RUN_STATE_FILE = "run_state.json"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train v2's record of registered checkpoints
 
 
 def latest_checkpoint(run_dir: str) -> Optional[Tuple[str, int]]:
@@ -23,6 +24,15 @@ def latest_checkpoint(run_dir: str) -> Optional[Tuple[str, int]]:
     A folder counts only once its ``checkpoint.pt`` exists, and that file is written atomically, so a
     checkpoint interrupted mid-write is never picked.
     """
+    registered = _registered_latest(run_dir)
+    if registered is not None:
+        name = registered[0]
+        if name is None:
+            return None
+        folder = storage.join(run_dir, name)
+        match = _ITER_DIR.match(name)
+        if match and storage.exists(storage.join(folder, TRAIN_STATE_FILE)):
+            return folder, int(match.group(1))
     found = []
     for name, is_dir in storage.list_dir(run_dir):
         match = _ITER_DIR.match(name)
@@ -32,6 +42,24 @@ def latest_checkpoint(run_dir: str) -> Optional[Tuple[str, int]]:
         return None
     iteration, folder = max(found)
     return folder, iteration
+
+
+def _registered_latest(run_dir: str) -> Optional[Tuple[Optional[str]]]:
+    """``(checkpoint dir name or None,)`` from Ray Train's checkpoint-manager snapshot, or None without one.
+
+    Ray restores from the checkpoint its manager registered, not from the newest folder on storage: after a
+    worker dies, rank 0 may already have uploaded a later folder that was never registered. The training
+    stream must start where Ray's restore starts.
+    """
+    path = storage.join(run_dir, RAY_SNAPSHOT_FILE)
+    try:
+        if not storage.exists(path):
+            return None
+        snapshot = json.loads(storage.read_bytes(path))
+    except (OSError, ValueError):
+        return None  # unreadable: fall back to scanning the folders
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return (latest.get("checkpoint_dir_name"),)
 
 
 def checkpoint_iteration(folder: str) -> int:
