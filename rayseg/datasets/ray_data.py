@@ -76,6 +76,11 @@ class _PipelineActor:
     """Decodes and transforms rows with a dataset's pipeline (runs inside a Ray Data actor)."""
 
     def __init__(self, dataset: Any, mode: str, seed: int):
+        import cv2
+
+        # Each actor is one decode/augment lane with a fraction of a CPU; OpenCV's own thread pool (one
+        # thread per core) would only fight the training workers for the same cores.
+        cv2.setNumThreads(1)
         self.dataset = dataset
         self.mode = mode
         self.seed = seed
