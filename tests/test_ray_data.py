@@ -90,3 +90,30 @@ def test_undecodable_image_error_names_the_file(ray_head, tmp_path):
     with pytest.raises(Exception) as info:
         build_train_stream(ds, num_rows=8, seed=0, num_actors=1, actor_num_cpus=0.5).take_all()
     assert str(bad) in str(info.value)
+
+
+def test_validation_is_split_completely_and_training_equally(ray_head):
+    """101 val images over 2 workers must be evaluated as 101, not trimmed to 100 as an equal split would."""
+    import threading
+
+    import ray
+
+    from rayseg.engine.data_config import SegDataConfig
+
+    datasets = {"train": ray.data.range(11, override_num_blocks=11), "val": ray.data.range(5, override_num_blocks=5)}
+    shards = SegDataConfig(complete=("val",)).configure(datasets, world_size=2, worker_handles=None,
+                                                        worker_node_ids=None)
+    rows = {name: [[], []] for name in datasets}
+
+    def consume(rank: int, name: str) -> None:
+        rows[name][rank] = [int(r["id"]) for r in shards[rank][name].iter_rows()]
+
+    # A streaming split is consumed by all workers at once, as in training.
+    for name in datasets:
+        threads = [threading.Thread(target=consume, args=(rank, name)) for rank in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert sorted(rows["val"][0] + rows["val"][1]) == [0, 1, 2, 3, 4]
+    assert len(rows["train"][0]) == len(rows["train"][1])  # lockstep DDP needs equal shards

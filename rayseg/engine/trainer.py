@@ -145,12 +145,13 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     and data position); ``load_from`` (or ``cfg['load_from']``) only initialises the weights and starts
     at iteration 0, as in MMSeg.
     """
-    from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from rayseg.datasets import build_dataset
     from rayseg.datasets.ray_data import build_eval_stream
     from rayseg.engine.callbacks import TrainLogCallback
+    from rayseg.engine.data_config import SegDataConfig
     from rayseg.engine.checkpoint import load_weights_file
     from rayseg.engine.loop import train_loop_per_worker
     from rayseg.engine.outputs import mlflow_summary, write_final_outputs
@@ -226,7 +227,7 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
             "system_metrics": _system_metrics_spec(cfg, run),
         },
         scaling_config=scaling, run_config=run_config, datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=SegDataConfig(complete=("val",)),
         resume_from_checkpoint=Checkpoint.from_directory(resume_from) if resume_from else None)
     try:
         result = trainer.fit()
