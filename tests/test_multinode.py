@@ -20,20 +20,25 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
+    """A head (3 CPUs) and two 1-CPU worker nodes offering ``trainer_slot``, run by tests/simulated_cluster.py."""
+    from conftest import stop_ray_processes
 
-    dashboard_port = free_port()
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 3, "node_ip_address": "127.0.0.1", "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
-    })
-    worker_nodes = [cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, node_ip_address="127.0.0.1")
-                    for _ in range(2)]
-    cluster.wait_for_nodes()
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "simulated_cluster.py"), str(free_port()), "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    line = proc.stdout.readline()  # blocks until every node is up (or the script died)
+    if not line:
+        proc.kill()
+        pytest.fail("the simulated cluster did not start")
+    info = json.loads(line)
     try:
-        yield cluster, f"http://127.0.0.1:{dashboard_port}", {n.node_id for n in worker_nodes}
+        yield info["address"], info["dashboard"], set(info["worker_node_ids"])
     finally:
-        cluster.shutdown()
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        stop_ray_processes(int(info["address"].rsplit(":", 1)[1]))  # anything the script left behind
 
 
 def test_job_submit_trains_across_nodes_with_identical_replicas(cluster, demo_data, tmp_path):
