@@ -186,7 +186,9 @@ def train(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Opti
     ensure_ray(cfg, address)
     _check_cluster_storage(storage)
     deterministic = bool(cfg.get("deterministic"))
-    _quiet_ray_data(deterministic)
+    # Block order matters only for the training stream, which the controller builds with its own context;
+    # the driver's DataContext is the caller's process-wide one and must not keep preserve_order afterwards.
+    _quiet_ray_data()
     data = cfg["data"]
     train_set = build_dataset(data["train"])
     eval_interval = int((cfg.get("evaluation") or {}).get("interval") or 0)
