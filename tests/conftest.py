@@ -112,6 +112,12 @@ def stop_ray_processes(gcs_port: int, grace: float = 10.0) -> None:
             return
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the simulated multi-node cluster tests last: several Ray clusters on one machine share
+    machine-wide state (/tmp/ray), so nothing else should have to run after one has come and gone."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """One Ray head for the whole session; tests connect with ``ray.init(address=head.address)``."""

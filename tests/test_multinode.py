@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BIN, REPO_ROOT, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
