@@ -45,6 +45,29 @@ def weights_file_payload(state_dict: Dict[str, torch.Tensor], cfg: Dict[str, Any
     }
 
 
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """The whole payload of a checkpoint, read safely: the one reader behind every checkpoint rayseg opens.
+
+    ``path`` is a ``.pth``/``.pt`` file, a Ray checkpoint folder holding ``checkpoint.pt``, a storage URI
+    (``s3://``, ``gs://``, ``file://``) of either, or a URL / ``open-mmlab://`` / ``torchvision://`` name.
+    Plain tensors and builtins load with ``weights_only=True``; foreign objects are stubbed out without
+    running their code. Every failure is a ``CheckpointError`` naming the path.
+    """
+    from rayseg.models.pretrained import download_checkpoint, resolve_checkpoint_url
+
+    url = resolve_checkpoint_url(path) if isinstance(path, str) else None
+    if url is not None:
+        return download_checkpoint(url, path)
+    if os.path.isdir(path):
+        inner = os.path.join(path, TRAIN_STATE_FILE)
+        if not os.path.exists(inner):
+            raise CheckpointError(f"checkpoint folder {path} has no {TRAIN_STATE_FILE}")
+        path = inner
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    return _load_local(path)
+
+
 def load_weights_file(path: str) -> Dict[str, Any]:
     """Load weights for ``load_from`` / testing; returns ``{"state_dict", "meta"}``.
 
@@ -52,20 +75,7 @@ def load_weights_file(path: str) -> Dict[str, Any]:
     optimizer, ...}`` whose optimizer is ignored, or a bare state dict), a Ray checkpoint folder
     holding ``checkpoint.pt``, or a URL / ``open-mmlab://`` name fetched through the torch hub cache.
     """
-    from rayseg.models.pretrained import download_checkpoint, resolve_checkpoint_url
-
-    url = resolve_checkpoint_url(path) if isinstance(path, str) else None
-    if url is not None:
-        payload = download_checkpoint(url, path)
-    else:
-        if os.path.isdir(path):
-            inner = os.path.join(path, TRAIN_STATE_FILE)
-            if not os.path.exists(inner):
-                raise CheckpointError(f"checkpoint folder {path} has no {TRAIN_STATE_FILE}")
-            path = inner
-        if not os.path.exists(path):
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        payload = _load_local(path)
+    payload = read_checkpoint(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         meta = dict(payload.get("meta") or {})
         # MMSeg 0.x stores the class names as CLASSES/PALETTE; expose them under rayseg's names too.

@@ -12,7 +12,7 @@ from rayseg.errors import ConfigError, DataError
 
 LOAD = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"}]
 CLASSES = ("a", "b", "c", "d")
-CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+CAMVID = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "camvid"
 
 
 def write_pair(root, name, h=8, w=10, values=(0, 1, 2, 3), mask_hw=None, split="", suffix=".png"):

@@ -16,7 +16,7 @@ from rayseg.models.utils import ConvModule
 from tiny_parts_heads import HEAD_OUTPUT_STRIDE, TINY_HEADS
 
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 3
 ZOO = ["ASPPHead", "DepthwiseSeparableASPPHead", "UPerHead", "SegformerHead"]
 CHANNELS = (8, 16, 32, 64)  # ResNetV1c depth 18, base 8

@@ -17,7 +17,7 @@ from rayseg.models.heads import BaseDecodeHead
 from rayseg.registry import BACKBONES, HEADS, MODELS
 
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 3
 SIZES = [(64, 64), (48, 80)]
 D8 = dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))

@@ -19,7 +19,7 @@ from rayseg.registry import HEADS
 from tiny_parts_backbones import TINY_BACKBONES
 
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 3
 
 

@@ -18,7 +18,7 @@ from rayseg.errors import CheckpointError
 from rayseg.models import build_segmentor
 
 torch.set_num_threads(1)
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mmseg")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "mmseg")
 ARCHS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"]
 TOL = 1e-4
 

@@ -17,7 +17,7 @@ from rayseg.errors import CheckpointError, ConfigError, DataError
 from rayseg.models import build_segmentor
 
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "tests", "configs", "tiny_shapes.yaml")
 TEST_SCALE = (64, 64)  # the test pipeline's MultiScaleFlipAug img_scale in tiny_shapes.yaml
 

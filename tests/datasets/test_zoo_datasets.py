@@ -11,7 +11,7 @@ from rayseg.datasets import ADE20KDataset, CityscapesDataset, PascalVOCDataset, 
 from rayseg.errors import ConfigError, DataError
 from rayseg.registry import DATASETS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOAD = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"}]
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from rayseg.datasets import DemoShapesDataset
 from rayseg.datasets.demo import make_demo_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_make_demo_dataset_counts_values_and_sizes(tmp_path):
