@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo
 DEMO_WORK := work_dirs/demo
-# Tests and the demo run Ray on loopback only (see DESIGN.md: Ray would otherwise bind the interface address).
+# Tests and the demo run Ray on loopback only (see docs/design.md: Ray would otherwise bind the interface address).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false

@@ -94,11 +94,11 @@ def main() -> int:
         return 2
     import torch
 
-    from rayseg.apis.runtime import connect_ray, quiet_ray_data
     from rayseg.config import load_config
     from rayseg.engine.checkpoint import weights_file_payload
     from rayseg.evaluation import SegMetric
     from rayseg.models import build_segmentor
+    from rayseg.utils.ray_session import connect_ray, quiet_ray_data
 
     tmp = tempfile.mkdtemp(prefix="rayseg-bench-eval-")
     root = limited_root(args.data_root, args.limit, os.path.join(tmp, "data")) if args.limit else args.data_root

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from rayseg.apis.batch_predict import predict_images
-from rayseg.apis.runtime import USER_ERRORS
 from rayseg.config import load_config
+from rayseg.utils.ray_session import USER_ERRORS
 
 
 def main(argv=None) -> int:

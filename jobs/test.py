@@ -15,10 +15,11 @@ import tempfile
 from rayseg.apis.distributed_eval import default_num_workers, evaluate_distributed
 from rayseg.apis.eval_outputs import (confusion_png_path, log_evaluation, open_evaluation_run,
                                       write_confusion_png, write_metrics_json)
-from rayseg.apis.runtime import USER_ERRORS, load_state
 from rayseg.config import load_config
+from rayseg.engine.checkpoint import load_weights_file
 from rayseg.evaluation import format_tables
 from rayseg.evaluation.report import ALLOWED_METRICS
+from rayseg.utils.ray_session import USER_ERRORS
 
 
 def parse_args(argv=None):
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     run, created = None, False
     try:
         cfg = load_config(args.config, args.cfg_options)
-        state = load_state(args.checkpoint)
+        state = load_weights_file(args.checkpoint)
         meta = state.get("meta") or {}
         if args.mlflow or args.mlflow_run_id:
             name = f"eval-{args.split}{'-aug' if args.aug_test else ''}-{os.path.basename(args.checkpoint.rstrip('/'))}"

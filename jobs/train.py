@@ -4,7 +4,8 @@ import sys
 
 from rayseg.config import load_config
 from rayseg.engine.trainer import train
-from rayseg.errors import CheckpointError, ConfigError, DataError
+from rayseg.spec.resolve import resolve_run
+from rayseg.utils.ray_session import USER_ERRORS
 
 
 def main() -> int:
@@ -23,13 +24,12 @@ def main() -> int:
     args = parser.parse_args()
     try:
         cfg = load_config(args.config, args.cfg_options)
-        if args.seed is not None:
-            cfg["seed"] = args.seed
-        if args.deterministic:
-            cfg["deterministic"] = True
-        summary = train(cfg, work_dir=args.work_dir, config_path=args.config, address=args.address,
-                        resume=args.resume, load_from=args.load_from)
-    except (ConfigError, DataError, CheckpointError) as exc:
+        spec = resolve_run(cfg, work_dir=args.work_dir, config_path=args.config, resume=args.resume,
+                           load_from=args.load_from, seed=args.seed, deterministic=args.deterministic)
+        for note in spec.notes:
+            print(f"note: {note}")
+        summary = train(spec, address=args.address)
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.get("already_finished"):

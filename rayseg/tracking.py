@@ -11,9 +11,12 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from rayseg.config import flatten_config
+
+if TYPE_CHECKING:
+    from rayseg.spec.sections import RunSpec
 
 
 def default_store(work_dir: str) -> tuple[str, str]:
@@ -22,12 +25,18 @@ def default_store(work_dir: str) -> tuple[str, str]:
     return f"sqlite:///{os.path.join(area, 'mlflow.db')}", "file://" + os.path.join(area, "mlartifacts")
 
 
-def resolve_tracking_uri(cfg: Dict[str, Any], work_dir: str) -> tuple[str, Optional[str]]:
-    """The tracking URI to use and, for the local default store, its artifact root."""
-    uri = (cfg.get("mlflow") or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+def tracking_store(tracking_uri: Optional[str], work_dir: str) -> tuple[str, Optional[str]]:
+    """(tracking URI, artifact root or None): ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the local
+    SQLite store beside ``work_dir`` (the only case with an artifact root of rayseg's choosing)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri, None
     return default_store(work_dir)
+
+
+def resolve_tracking_uri(cfg: Dict[str, Any], work_dir: str) -> tuple[str, Optional[str]]:
+    """``tracking_store`` for a config dict's ``mlflow.tracking_uri`` (evaluation jobs, which have no run spec)."""
+    return tracking_store((cfg.get("mlflow") or {}).get("tracking_uri"), work_dir)
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -156,7 +165,7 @@ def _git_commit() -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def environment_tags(cfg: Dict[str, Any]) -> Dict[str, str]:
+def environment_tags(num_workers: int) -> Dict[str, str]:
     """Tags that say where a run came from: git commit, Ray job id, cluster size, worker count."""
     tags: Dict[str, str] = {}
     commit = _git_commit()
@@ -173,18 +182,20 @@ def environment_tags(cfg: Dict[str, Any]) -> Dict[str, str]:
             tags["ray.cluster_gpus"] = str(int(ray.cluster_resources().get("GPU", 0)))
     except Exception:  # tags are a courtesy; never fail a run over them
         pass
-    tags["rayseg.num_workers"] = str((cfg.get("scaling") or {}).get("num_workers", 1))
+    tags["rayseg.num_workers"] = str(num_workers)
     return tags
 
 
-def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = None) -> Optional[MlflowRun]:
-    """Create the run for a training job and log the resolved config as params; None if MLflow is unreachable."""
+def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
+    """Create the MLflow run of a training job and log the resolved config as params.
+
+    None (after one warning) when the tracking store is unreachable: training goes on without it.
+    """
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    uri, artifact_root = resolve_tracking_uri(cfg, work_dir)
-    ml_cfg = cfg.get("mlflow") or {}
-    name = ml_cfg.get("experiment_name") or "rayseg"
+    tracking = spec.tracking
+    uri, name = tracking.tracking_uri, tracking.experiment_name
     unreachable = server_reachable(uri)
     if unreachable:
         warnings.warn(f"MLflow tracking server {uri} is unreachable ({unreachable}); training continues and logs "
@@ -194,34 +205,33 @@ def start_run(cfg: Dict[str, Any], work_dir: str, config_path: Optional[str] = N
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            exp_id = client.create_experiment(
-                name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None)
+            root = tracking.artifact_root
+            exp_id = client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
         else:
             exp_id = experiment.experiment_id
-        tags = {"rayseg.work_dir": os.path.abspath(work_dir), **environment_tags(cfg)}
-        if config_path:
-            tags["rayseg.config"] = config_path
-        tags.update({str(k): str(v) for k, v in (ml_cfg.get("tags") or {}).items()})
-        run_name = ml_cfg.get("run_name") or os.path.basename(os.path.abspath(work_dir))
-        run = client.create_run(exp_id, tags=tags, run_name=run_name)
+        tags = {"rayseg.work_dir": spec.work_dir, **environment_tags(spec.scaling.num_workers)}
+        if spec.config_path:
+            tags["rayseg.config"] = spec.config_path
+        tags.update(tracking.tags)
+        run = client.create_run(exp_id, tags=tags, run_name=tracking.run_name or spec.run_name)
     except Exception as exc:
         warnings.warn(f"MLflow tracking at {uri} is unavailable ({exc}); training continues and logs only to "
                       "log.jsonl", RuntimeWarning, stacklevel=2)
         return None
     handle = MlflowRun(uri, run.info.run_id, exp_id)
-    params = [Param(k, v if v != "" else "''") for k, v in flatten_config(cfg).items()]
+    params = [Param(k, v if v != "" else "''") for k, v in flatten_config(spec.config).items()]
     for i in range(0, len(params), 100):
         handle._guard("log_params", client.log_batch, run.info.run_id, params=params[i:i + 100])
     return handle
 
 
-def resume_run(cfg: Dict[str, Any], work_dir: str, run_id: str) -> Optional[MlflowRun]:
+def resume_run(spec: "RunSpec", run_id: str) -> Optional[MlflowRun]:
     """Reopen the MLflow run of a resumed job so its history stays one run; a new run if it is gone."""
     from mlflow.tracking import MlflowClient
 
-    uri, _ = resolve_tracking_uri(cfg, work_dir)
+    uri = spec.tracking.tracking_uri
     if server_reachable(uri):
-        return start_run(cfg, work_dir)  # warns that the server is unreachable
+        return start_run(spec)  # warns that the server is unreachable
     try:
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)
@@ -229,5 +239,13 @@ def resume_run(cfg: Dict[str, Any], work_dir: str, run_id: str) -> Optional[Mlfl
     except Exception as exc:
         warnings.warn(f"cannot reopen MLflow run {run_id} at {uri} ({exc}); starting a new run", RuntimeWarning,
                       stacklevel=2)
-        return start_run(cfg, work_dir)
+        return start_run(spec)
     return MlflowRun(uri, run_id, run.info.experiment_id)
+
+
+def system_metrics_spec(spec: "RunSpec", run: Optional[MlflowRun]) -> Optional[Dict[str, Any]]:
+    """What ``start_system_metrics`` needs in the workers (``mlflow.system_metrics``), or None when off."""
+    if run is None or not spec.tracking.system_metrics:
+        return None
+    return {"tracking_uri": run.tracking_uri, "run_id": run.run_id,
+            "interval": spec.tracking.system_metrics_interval}

@@ -1,4 +1,5 @@
-"""Every config under configs/ (bases excluded) resolves, prints as one JSON document, builds its model,
+"""Every config under configs/ (bases excluded) resolves into a run spec and passes the training job's checks,
+prints as one JSON document (the resolved run config), builds its model,
 optimizer and lr schedule, names a registered dataset with accepted arguments, and builds its pipelines.
 
 Zoo configs (in a model-named folder) are also checked against MMSeg's naming scheme
@@ -25,6 +26,8 @@ from rayseg.datasets import build_pipeline
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.models import build_segmentor
 from rayseg.registry import DATASETS, check_kwargs
+from rayseg.spec.check import check_run
+from rayseg.spec.resolve import resolve_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -65,9 +68,12 @@ def _crop_size(pipeline):
     return tuple(crops[0])
 
 
+WORK_DIR = "/tmp/rayseg-all-configs/work"
+
+
 def _print_config(path):
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "print_config.py"), str(path), "--json"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "print_config.py"), str(path), "--json",
+                           "--work-dir", WORK_DIR], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +90,13 @@ def test_print_config_json(path, printed):
     decoder = json.JSONDecoder()
     doc, end = decoder.raw_decode(proc.stdout.lstrip())
     assert proc.stdout.lstrip()[end:].strip() == "", "exactly one JSON document"
-    assert doc == load_config(path)
+    assert doc == json.loads(json.dumps(resolve_run(load_config(path), work_dir=WORK_DIR).config))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
 def test_config_builds(path):
     cfg = load_config(path)
+    check_run(resolve_run(cfg, work_dir=WORK_DIR), list_data=False)  # what train and print_config check
     model = _build_model(json.dumps(cfg["model"], sort_keys=True))
     assert sum(p.numel() for p in model.parameters()) > 0
 

@@ -264,25 +264,45 @@ def _run_cli(*args):
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_print_config_cli(tree):
-    path = write(tree, "exp.yaml", "_base_: [_base_/models/fcn.yaml, _base_/schedules/40k.yaml]\n")
-    proc = _run_cli(path, "--json", "--cfg-options", "runner.max_iters=7", "seed=3")
+TINY = os.path.join(REPO, "tests", "configs", "tiny_shapes.yaml")
+
+
+def test_print_config_cli(tmp_path):
+    """print_config prints the resolved run config (defaults and command-line keys filled in), as YAML or JSON."""
+    from rayseg.spec.resolve import resolve_run
+
+    work = str(tmp_path / "w")
+    proc = _run_cli(TINY, "--json", "--work-dir", work, "--cfg-options", "runner.max_iters=7", "seed=3")
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)  # exactly one JSON document: json.loads rejects trailing data
-    assert cfg["runner"]["max_iters"] == 7 and cfg["seed"] == 3
-    assert cfg == json.loads(json.dumps(load_config(path, ["runner.max_iters=7", "seed=3"])))
+    assert cfg["runner"]["max_iters"] == 7 and cfg["seed"] == 3 and cfg["work_dir"] == work
+    expected = resolve_run(load_config(TINY, ["runner.max_iters=7", "seed=3"]), work_dir=work).config
+    assert cfg == json.loads(json.dumps(expected))
 
-    proc = _run_cli(path)
+    proc = _run_cli(TINY, "--work-dir", work, "--cfg-options", "dist_params={backend: nccl}")
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load(proc.stdout) == load_config(path)
+    assert proc.stdout.startswith("# note: dist_params is not used")  # accepted, and says why it does nothing
+    assert yaml.safe_load(proc.stdout) == resolve_run(load_config(TINY, ["dist_params={backend: nccl}"]),
+                                                      work_dir=work).config
 
-    proc = _run_cli(path, "--cfg-options", "lr_config.powr=1")
+    proc = _run_cli(TINY, "--cfg-options", "lr_config.powr=1")
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.startswith("error: ") and "lr_config.powr" in proc.stderr
 
-    proc = _run_cli(str(tree / "missing.yaml"))
+    proc = _run_cli(str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize("option,key", [
+    ("runner.type=EpochBasedRunner", "runner.type"),
+    ("lr_config.policy=step", "lr_config.policy"),
+    ("model.decode_head.bogus_key=1", "model.decode_head"),
+])
+def test_print_config_fails_on_configs_training_refuses(option, key):
+    proc = _run_cli(TINY, "--cfg-options", option)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {key}")
 
 
 def test_cfg_options_read_scientific_notation_as_numbers(tmp_path):

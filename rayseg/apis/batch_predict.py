@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rayseg.apis.runtime import (actor_device, build_model, connect_ray, load_state, predict_prepared,
-                                 quiet_ray_data, user_error)
+from rayseg.apis.actor_pool import map_rows
+from rayseg.inference import LOADED_STATE, Predictor, TestPipeline, inference_device, load_inference_model
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_BLOCK_ROWS = 64
@@ -151,19 +150,14 @@ def _write(out_dir: str, rel: str, write_local) -> None:
 
 class PredictReplica:
     """One model replica (a Ray Data actor, or called in-process): rows of (path, name) in, one
-    ``error`` per row out (empty when the label PNG, and overlay, were written)."""
+    ``error`` per row out (empty when the label PNG, and overlay, were written). ``state`` is the loaded
+    checkpoint or its ObjectRef."""
 
-    def __init__(self, cfg: Dict[str, Any], weights: Any, source: str, palette: Sequence[Sequence[int]],
+    def __init__(self, cfg: Dict[str, Any], state: Any, source: str, palette: Sequence[Sequence[int]],
                  out_dir: str, overlay: bool = False, opacity: float = 0.5, use_gpu: bool = False):
-        from rayseg.apis.inference import _TestPipeline
-
-        if not isinstance(weights, dict):  # an ObjectRef from the driver: fetch the weights once
-            import ray
-
-            weights = ray.get(weights)
-        self.device = actor_device(use_gpu)
-        self.model = build_model(cfg, weights, source, self.device)
-        self.pipeline = _TestPipeline(cfg, self.device)  # the same preparation as inference_model
+        self.pipeline = TestPipeline(cfg)  # the same preparation as inference_model
+        model = load_inference_model(cfg, state, inference_device(use_gpu), source)
+        self.predictor = Predictor.for_pipeline(model, self.pipeline.pipeline_cfg)
         self.palette, self.out_dir, self.overlay, self.opacity = palette, out_dir, overlay, float(opacity)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -178,7 +172,7 @@ class PredictReplica:
                 ready.append((i, data, self.pipeline.from_path({"img_path": path, "img_bytes": data})))
             except Exception as exc:  # any unreadable input is reported and skipped, never fatal
                 errors[i] = _reason(exc)
-        preds = predict_prepared(self.model, self.pipeline.normalizer, [r for _, _, r in ready], self.device)
+        preds = self.predictor.predict([r for _, _, r in ready])
         for (i, data, _), pred in zip(ready, preds):
             try:
                 self._save(str(batch["name"][i]), data, pred)
@@ -211,16 +205,14 @@ def predict_images(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, Any]], 
     ``use_gpu``; 0 runs one replica in this process); ``batch_size`` images per call, same-size images
     sharing one forward pass. ``out_dir`` may be a URI too. Failures are returned, not raised.
     """
-    from rayseg.apis.inference import _classes_and_palette
+    from rayseg.engine.checkpoint import load_weights_file
 
     items, failures = expand_inputs(inputs)
     summary = PredictSummary(num_inputs=len(items) + len(failures), failures=failures)
-    state = checkpoint if isinstance(checkpoint, dict) else load_state(checkpoint)
-    source = "<loaded state>" if isinstance(checkpoint, dict) else str(checkpoint)
-    # Built once here so that a wrong checkpoint or config fails before any actor starts.
-    model = build_model(cfg, state["state_dict"], source, actor_device(False))
-    _, palette = _classes_and_palette(cfg, state.get("meta") or {}, int(model.num_classes))
-    del model
+    state = checkpoint if isinstance(checkpoint, dict) else load_weights_file(str(checkpoint))
+    source = LOADED_STATE if isinstance(checkpoint, dict) else str(checkpoint)
+    # Loaded once here so that a wrong checkpoint or config fails before any actor starts.
+    palette = load_inference_model(cfg, state, "cpu", source).PALETTE
     if not items:
         return summary
     if "://" not in out_dir:
@@ -228,39 +220,16 @@ def predict_images(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, Any]], 
         os.makedirs(out_dir, exist_ok=True)
     kwargs = {"cfg": cfg, "source": source, "palette": palette, "out_dir": out_dir, "overlay": overlay,
               "opacity": opacity, "use_gpu": use_gpu}
-    if num_replicas == 0:
-        replica = PredictReplica(weights=state["state_dict"], **kwargs)
-        outputs: Iterable[Dict[str, np.ndarray]] = (
-            replica({"path": np.array([p for p, _ in chunk], dtype=object),
-                     "name": np.array([n for _, n in chunk], dtype=object)})
-            for chunk in (items[i:i + batch_size] for i in range(0, len(items), batch_size)))
-    else:
-        import pyarrow as pa
-        import ray
-        import ray.data
-
-        connect_ray(address, num_replicas * cpus_per_replica)
-        quiet_ray_data()
-        kwargs["weights"] = ray.put(state["state_dict"])
-        table = pa.table({"path": [p for p, _ in items], "name": [n for _, n in items]})
-        rows = max(batch_size, min(_MAX_BLOCK_ROWS, math.ceil(len(items) / (4 * num_replicas))))
-        ds = ray.data.from_arrow([table.slice(i, rows) for i in range(0, len(items), rows)])
-        resources = {"num_cpus": cpus_per_replica, **({"num_gpus": 1} if use_gpu else {})}
-        ds = ds.map_batches(PredictReplica, batch_size=batch_size, fn_constructor_kwargs=kwargs,
-                            compute=ray.data.ActorPoolStrategy(size=num_replicas), **resources)
-        outputs = ds.iter_batches(batch_size=None, batch_format="numpy")
+    columns = {"path": [p for p, _ in items], "name": [n for _, n in items]}
+    outputs = map_rows(PredictReplica, columns, state, kwargs, batch_size=batch_size, num_replicas=num_replicas,
+                       use_gpu=use_gpu, cpus_per_replica=cpus_per_replica, max_block_rows=_MAX_BLOCK_ROWS,
+                       address=address)
     with tqdm(total=len(items), desc="predict", unit="img", disable=not progress, smoothing=0.1) as bar:
-        try:
-            for out in outputs:
-                for path, error in zip(out["path"], out["error"]):
-                    if error:
-                        summary.failures.append((str(path), str(error)))
-                    else:
-                        summary.num_written += 1
-                bar.update(len(out["path"]))
-        except Exception as exc:
-            cause = user_error(exc)
-            if cause is None or cause is exc:
-                raise
-            raise cause from None
+        for out in outputs:
+            for path, error in zip(out["path"], out["error"]):
+                if error:
+                    summary.failures.append((str(path), str(error)))
+                else:
+                    summary.num_written += 1
+            bar.update(len(out["path"]))
     return summary

@@ -9,19 +9,19 @@ of images, and because the areas are integers the result equals a single-process
 from __future__ import annotations
 
 import copy
-import math
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rayseg.apis.runtime import (USER_ERRORS, actor_device, build_model, connect_ray, load_state,
-                                 predict_prepared, quiet_ray_data, user_error)
+from rayseg.apis.actor_pool import map_rows
 from rayseg.errors import ConfigError, DataError
 from rayseg.evaluation import AREA_KEYS, SegMetric
 from rayseg.evaluation.metrics import CONFUSION_KEY
+from rayseg.inference import LOADED_STATE, Predictor, inference_device, load_inference_model
+from rayseg.utils.ray_session import USER_ERRORS, connect_ray
 
 _OUT_KEYS = (*AREA_KEYS, CONFUSION_KEY)
 # Rows per Ray Data block: small enough that the progress bar moves smoothly and the blocks spread
@@ -40,32 +40,24 @@ def show_name(img_path: str, img_dir: Optional[str]) -> str:
 class EvalReplica:
     """One model replica (a Ray Data actor, or called in-process): rows of paths in, areas out.
 
-    Errors a user can fix (an unreadable image, a bad label value) come back in an ``error`` column
-    instead of being raised, so the driver can stop the whole job with that message rather than a
-    Ray traceback.
+    ``state`` is the loaded checkpoint or its ObjectRef. Errors a user can fix (an unreadable image, a
+    bad label value) come back in an ``error`` column instead of being raised, so the driver can stop
+    the whole job with that message rather than a Ray traceback.
     """
 
-    def __init__(self, cfg: Dict[str, Any], dataset: Any, weights: Any, source: str, use_gpu: bool = False,
+    def __init__(self, cfg: Dict[str, Any], dataset: Any, state: Any, source: str, use_gpu: bool = False,
                  show_dir: Optional[str] = None, opacity: float = 0.5):
-        from rayseg.datasets.ray_data import DeviceNormalizer
-
-        if not isinstance(weights, dict):  # an ObjectRef from the driver: fetch the weights once
-            import ray
-
-            weights = ray.get(weights)
-        self.device = actor_device(use_gpu)
-        self.model = build_model(cfg, weights, source, self.device)
-        self.dataset = dataset
+        model = load_inference_model(cfg, state, inference_device(use_gpu), source)
         # pipeline_cfg still holds Normalize (only the built pipeline had it stripped).
-        self.normalizer = DeviceNormalizer.from_pipeline(dataset.pipeline_cfg, device=self.device)
-        self.num_classes = int(self.model.num_classes)
+        self.predictor = Predictor.for_pipeline(model, dataset.pipeline_cfg)
+        self.dataset = dataset
+        self.num_classes = int(model.num_classes)
         self.ignore_index = int(getattr(dataset, "ignore_index", 255))
         self.show_dir, self.opacity = show_dir, float(opacity)
 
-    def _empty(self, error: str) -> Dict[str, np.ndarray]:
-        metric = SegMetric(self.num_classes, ignore_index=self.ignore_index)
+    def _output(self, metric: SegMetric, num_images: int, error: str = "") -> Dict[str, np.ndarray]:
         areas = metric.areas
-        return {"num_images": np.array([0]), "error": np.array([error], dtype=object),
+        return {"num_images": np.array([num_images]), "error": np.array([error], dtype=object),
                 **{k: areas[k][None] for k in _OUT_KEYS}}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -82,17 +74,14 @@ class EvalReplica:
                 sample["seg_bytes"] = read_file_bytes(sample["seg_path"])
                 samples.append(sample)
                 prepared.append(self.dataset.prepare_test(sample))
-            preds = predict_prepared(self.model, self.normalizer, prepared, self.device)
-            for sample, res, pred in zip(samples, prepared, preds):
+            for sample, res, pred in zip(samples, prepared, self.predictor.predict(prepared)):
                 gt = res["gt_semantic_seg"]
                 metric.update(pred, gt)
                 if self.show_dir:
                     self._show(sample, pred, gt)
         except USER_ERRORS as exc:
-            return self._empty(str(exc))
-        areas = metric.areas
-        return {"num_images": np.array([len(prepared)]), "error": np.array([""], dtype=object),
-                **{k: areas[k][None] for k in _OUT_KEYS}}
+            return self._output(SegMetric(self.num_classes, ignore_index=self.ignore_index), 0, str(exc))
+        return self._output(metric, len(prepared))
 
     def _show(self, sample: Dict[str, Any], pred: np.ndarray, gt: np.ndarray) -> None:
         from rayseg.visualization import side_by_side
@@ -113,24 +102,6 @@ def _light_dataset(dataset: Any) -> Any:
     light = copy.copy(dataset)
     light._samples = []
     return _strip_normalize(light)
-
-
-def _manifest_blocks(samples, batch_size: int, num_workers: int):
-    """The listing as a list of small Arrow tables: each one becomes a Ray Data block."""
-    import pyarrow as pa
-
-    n = len(samples)
-    rows = max(batch_size, min(_MAX_BLOCK_ROWS, math.ceil(n / (4 * max(1, num_workers)))))
-    table = pa.table({"img_path": pa.array([s["img_path"] for s in samples], pa.string()),
-                      "seg_path": pa.array([s.get("seg_path") for s in samples], pa.string())})
-    return [table.slice(i, rows) for i in range(0, n, rows)]
-
-
-def _local_batches(replica: EvalReplica, samples, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
-        yield replica({"img_path": np.array([s["img_path"] for s in chunk], dtype=object),
-                       "seg_path": np.array([s.get("seg_path") for s in chunk], dtype=object)})
 
 
 def default_num_workers(use_gpu: bool = False, address: Optional[str] = None) -> int:
@@ -158,17 +129,18 @@ def evaluate_distributed(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, A
     """Evaluate ``checkpoint`` on ``data.<split>`` with ``num_workers`` inference actors on Ray.
 
     ``checkpoint`` is anything ``load_weights_file`` reads (latest.pth, a Ray checkpoint folder, an MMSeg
-    .pth, a URL) or an already loaded ``{"state_dict", "meta"}``. ``num_workers=0`` runs the same replica
-    in this process without Ray. ``aug_test`` switches the split's MultiScaleFlipAug to MMSeg's
-    multi-scale + flip ratios; ``show_dir`` receives one prediction | ground-truth JPEG per image (it must
-    be a folder every actor can write to). Connects like training: ``address``/``RAY_ADDRESS`` or a
-    local Ray. Returns ``SegMetric.compute()``'s dict plus ``classes`` and ``confusion`` (raw (n, n)
+    .pth, a storage URI, a URL) or an already loaded ``{"state_dict", "meta"}``. ``num_workers=0`` runs
+    the same replica in this process without Ray. ``aug_test`` switches the split's MultiScaleFlipAug to
+    MMSeg's multi-scale + flip ratios; ``show_dir`` receives one prediction | ground-truth JPEG per image
+    (it must be a folder every actor can write to). Connects like training: ``address``/``RAY_ADDRESS``
+    or a local Ray. Returns ``SegMetric.compute()``'s dict plus ``classes`` and ``confusion`` (raw (n, n)
     int64 pixel counts, rows ground truth); ``batch_size`` > 1 stacks same-size images into one forward
     pass, which may change the last bits of the logits compared with one image at a time.
     ``on_progress(images_done)`` is called as results arrive (benchmarks time the stream with it).
     """
     from rayseg.datasets import build_dataset
     from rayseg.datasets.compose import enable_aug_test
+    from rayseg.engine.checkpoint import load_weights_file
 
     data = cfg.get("data") or {}
     if split not in data:
@@ -182,10 +154,10 @@ def evaluate_distributed(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, A
     samples = dataset.samples
     if not samples:
         raise DataError(f"data.{split} lists no images")
-    state = checkpoint if isinstance(checkpoint, dict) else load_state(checkpoint)
-    source = "<loaded state>" if isinstance(checkpoint, dict) else str(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_weights_file(str(checkpoint))
+    source = LOADED_STATE if isinstance(checkpoint, dict) else str(checkpoint)
     # Checked here, before any actor starts, so a wrong checkpoint is one clear error.
-    num_classes = int(build_model(cfg, state["state_dict"], source, actor_device(False)).num_classes)
+    num_classes = int(load_inference_model(cfg, state, "cpu", source).num_classes)
     names = list(getattr(dataset, "CLASSES", None) or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:
         raise ConfigError(f"data.{split} has {len(names)} classes but the model predicts {num_classes}")
@@ -194,43 +166,36 @@ def evaluate_distributed(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, A
     replica_kwargs = {"cfg": cfg, "dataset": _light_dataset(dataset), "source": source, "use_gpu": use_gpu,
                       "show_dir": os.path.abspath(show_dir) if show_dir else None, "opacity": opacity}
     metric = SegMetric(num_classes, ignore_index=int(getattr(dataset, "ignore_index", 255)), class_names=names)
-
-    if num_workers == 0:
-        outputs = _local_batches(EvalReplica(weights=state["state_dict"], **replica_kwargs), samples, batch_size)
-    else:
-        import ray
-        import ray.data
-
-        connect_ray(address, num_workers * cpus_per_worker)
-        quiet_ray_data()
-        replica_kwargs["weights"] = ray.put(state["state_dict"])
-        resources = {"num_cpus": cpus_per_worker, **({"num_gpus": 1} if use_gpu else {})}
-        ds = ray.data.from_arrow(_manifest_blocks(samples, batch_size, num_workers))
-        ds = ds.map_batches(EvalReplica, batch_size=batch_size, fn_constructor_kwargs=replica_kwargs,
-                            compute=ray.data.ActorPoolStrategy(size=num_workers), **resources)
-        outputs = ds.iter_batches(batch_size=None, batch_format="numpy")
-
+    columns = {"img_path": [s["img_path"] for s in samples], "seg_path": [s.get("seg_path") for s in samples]}
+    outputs = map_rows(EvalReplica, columns, state, replica_kwargs, batch_size=batch_size, num_replicas=num_workers,
+                       use_gpu=use_gpu, cpus_per_replica=cpus_per_worker, max_block_rows=_MAX_BLOCK_ROWS,
+                       address=address)
     seen = 0
     with tqdm(total=len(samples), desc=f"eval {split}", unit="img", disable=not progress, smoothing=0.1) as bar:
-        try:
-            for out in outputs:
-                for i, error in enumerate(out["error"]):
-                    if error:
-                        raise DataError(str(error))
-                    metric.add_areas({k: out[k][i] for k in _OUT_KEYS})
-                    count = int(out["num_images"][i])
-                    seen += count
-                    bar.update(count)
-                    if on_progress is not None:
-                        on_progress(seen)
-        except Exception as exc:
-            cause = user_error(exc)
-            if cause is None or cause is exc:
-                raise
-            raise cause from None  # the rayseg error, not Ray's wrapper around it
+        for out in outputs:
+            for i, error in enumerate(out["error"]):
+                if error:
+                    raise DataError(str(error))
+                metric.add_areas({k: out[k][i] for k in _OUT_KEYS})
+                count = int(out["num_images"][i])
+                seen += count
+                bar.update(count)
+                if on_progress is not None:
+                    on_progress(seen)
     if seen != len(samples):  # a lost or repeated block would silently skew every metric
         raise RuntimeError(f"evaluated {seen} images but data.{split} lists {len(samples)}")
     results = metric.compute()
     results["classes"] = names
     results["confusion"] = metric.confusion_matrix(normalize=None)
     return results
+
+
+def evaluate_checkpoint(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, Any]], split: str = "test",
+                        device: str = "cpu", progress: bool = True) -> Dict[str, Any]:
+    """Single-process evaluation (MMSeg's ``tools/test.py`` without a launcher): the same replica as the
+    Ray actors, run in this process on the CPU (``device="cuda"`` uses the GPU); see
+    :func:`evaluate_distributed` for ``checkpoint`` and the returned dict."""
+    if str(device) not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return evaluate_distributed(cfg, checkpoint, split=split, num_workers=0, use_gpu=str(device) == "cuda",
+                                progress=progress)

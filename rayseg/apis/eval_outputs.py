@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from rayseg.errors import ConfigError
-from rayseg.evaluation.metrics import SUMMARY_KEYS
 
 EVALUATION_TAG = ("rayseg.kind", "evaluation")
 
@@ -38,18 +36,12 @@ def write_confusion_png(results: Dict[str, Any], path: str, title: Optional[str]
     return plot_confusion_matrix(counts, results["classes"], path, title=title, normalize=True)
 
 
-def _metric_key(name: str) -> str:
-    # MLflow accepts letters, digits, _ - . / and space in metric names.
-    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", str(name))
-
-
 def flat_metrics(results: Dict[str, Any], prefix: str) -> Dict[str, float]:
-    """``<prefix>/<summary>`` and ``<prefix>/IoU.<class>``, ``/Acc.<class>`` scalars (NaN dropped later)."""
-    flat = {f"{prefix}/{k}": float(results[k]) for k in SUMMARY_KEYS if k in results}
-    for stat in ("IoU", "Acc", "Dice"):
-        for name, value in zip(results["classes"], results[stat]):
-            flat[f"{prefix}/{stat}.{_metric_key(name)}"] = float(value)
-    return flat
+    """``<prefix>/<summary>`` and ``<prefix>/IoU.<class>``, ``/Acc.<class>``, ``/Dice.<class>`` scalars
+    (NaN dropped later)."""
+    from rayseg.evaluation import scalar_metrics
+
+    return scalar_metrics(results, results["classes"], per_class=("IoU", "Acc", "Dice"), prefix=prefix)
 
 
 def evaluation_store(cfg: Dict[str, Any], meta: Dict[str, Any]) -> tuple:

@@ -56,11 +56,6 @@ class ADE20KDataset(CustomDataset):
                [255, 255, 0], [0, 153, 255], [0, 41, 255], [0, 255, 204], [41, 0, 255], [41, 255, 0],
                [173, 0, 255], [0, 245, 255], [71, 0, 255], [122, 0, 255], [0, 255, 184], [0, 92, 255],
                [184, 255, 0], [0, 133, 255], [255, 214, 0], [25, 194, 194], [102, 255, 0], [92, 0, 255]]
-
-    def __init__(self, pipeline, data_root=None, img_dir="", ann_dir=None, img_suffix=".jpg",
-                 seg_map_suffix=".png", split=None, classes=None, palette=None, label_map=None,
-                 reduce_zero_label=True, ignore_index=255, test_mode=False):
-        super().__init__(pipeline=pipeline, data_root=data_root, img_dir=img_dir, ann_dir=ann_dir,
-                         img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, split=split, classes=classes,
-                         palette=palette, label_map=label_map, reduce_zero_label=reduce_zero_label,
-                         ignore_index=ignore_index, test_mode=test_mode)
+    IMG_SUFFIX = ".jpg"
+    SEG_MAP_SUFFIX = ".png"
+    REDUCE_ZERO_LABEL = True  # mask value 0 is "other", not a class

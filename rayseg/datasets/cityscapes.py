@@ -20,11 +20,5 @@ class CityscapesDataset(CustomDataset):
     PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
                [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60],
                [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32]]
-
-    def __init__(self, pipeline, data_root=None, img_dir="", ann_dir=None, img_suffix="_leftImg8bit.png",
-                 seg_map_suffix="_gtFine_labelTrainIds.png", split=None, classes=None, palette=None,
-                 label_map=None, reduce_zero_label=False, ignore_index=255, test_mode=False):
-        super().__init__(pipeline=pipeline, data_root=data_root, img_dir=img_dir, ann_dir=ann_dir,
-                         img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, split=split, classes=classes,
-                         palette=palette, label_map=label_map, reduce_zero_label=reduce_zero_label,
-                         ignore_index=ignore_index, test_mode=test_mode)
+    IMG_SUFFIX = "_leftImg8bit.png"
+    SEG_MAP_SUFFIX = "_gtFine_labelTrainIds.png"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -35,52 +35,74 @@ def _default_palette(n: int) -> List[List[int]]:
     return np.random.RandomState(42).randint(0, 255, size=(n, 3)).tolist()
 
 
+def _as_list(value: Any) -> List[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 @DATASETS.register()
 class CustomDataset:
     """A semantic segmentation dataset in MMSeg's custom layout.
 
-    ``classes`` (names, or a path to a file with one per line) may select a subset of ``CLASSES``; the
-    other classes are then mapped to ``ignore_index`` and the rest renumbered, like MMSeg's
-    ``get_classes_and_palette``. ``label_map`` (old → new, applied to raw mask values before
-    ``reduce_zero_label``) is merged over that mapping.
+    Defaults come from class attributes, so a dataset class declares what differs and needs no
+    constructor of its own: ``IMG_SUFFIX``, ``SEG_MAP_SUFFIX``, ``REDUCE_ZERO_LABEL``, ``IGNORE_INDEX``,
+    ``LABEL_MAP`` and ``REQUIRES_SPLIT``; a constructor argument left at None takes the class's value.
+
+    Label values go through three steps, one lookup table (docs/datasets.md):
+
+    1. ``label_map`` (old → new on the raw mask values): the class's ``LABEL_MAP`` (e.g. CamVid's void
+       11 → 255) with the user's entries merged over it;
+    2. ``reduce_zero_label``: 0 → 255, k → k−1, 255 stays;
+    3. ``subset_label_map``: when ``classes`` (names, or a path to a file with one per line) selects a
+       subset of ``CLASSES``, old class index → new index, dropped classes → ``ignore_index``. As in
+       MMSeg 1.x this runs after the reduction, so it is indexed by the reduced labels.
+
+    ``ann_dir`` and ``split`` may be equal-length lists (one ``ann_dir`` may serve several splits): the
+    samples of each (ann_dir, split) pair are concatenated in order, duplicates kept, as MMSeg builds a
+    ConcatDataset from such lists (``pascal_voc12_aug``).
     """
 
     CLASSES: Optional[Tuple[str, ...]] = None
     PALETTE: Optional[List[List[int]]] = None
-
-    def default_label_map(self) -> Dict[int, int]:
-        """Mask values a subclass always remaps (e.g. CamVid's void); user label_map entries win."""
-        return {}
+    IMG_SUFFIX = ".jpg"
+    SEG_MAP_SUFFIX = ".png"
+    REDUCE_ZERO_LABEL = False
+    IGNORE_INDEX = 255
+    LABEL_MAP: Dict[int, int] = {}  # raw mask value → new value, always applied (user entries win)
+    REQUIRES_SPLIT = False
 
     def __init__(
         self,
         pipeline: Sequence[Dict[str, Any]],
         data_root: Optional[str] = None,
         img_dir: str = "",
-        ann_dir: Optional[str] = None,
-        img_suffix: str = ".jpg",
-        seg_map_suffix: str = ".png",
-        split: Optional[str] = None,
+        ann_dir: Union[None, str, Sequence[str]] = None,
+        img_suffix: Optional[str] = None,
+        seg_map_suffix: Optional[str] = None,
+        split: Union[None, str, Sequence[str]] = None,
         classes: Any = None,
         palette: Optional[Sequence[Sequence[int]]] = None,
         label_map: Any = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
+        reduce_zero_label: Optional[bool] = None,
+        ignore_index: Optional[int] = None,
         test_mode: bool = False,
     ):
         self.pipeline_cfg = [dict(c) for c in pipeline]
         self.pipeline = build_pipeline(self.pipeline_cfg)  # config errors surface at construction
         self.data_root = data_root
         self.img_dir = self._join(img_dir)
-        self.ann_dir = self._join(ann_dir) if ann_dir is not None else None
-        self.split = self._join(split) if split is not None else None
-        self.img_suffix = img_suffix
-        self.seg_map_suffix = seg_map_suffix
-        self.reduce_zero_label = bool(reduce_zero_label)
-        self.ignore_index = int(ignore_index)
+        self._parts = self._ann_split_pairs(ann_dir, split)
+        self.ann_dirs = [a for a, _ in self._parts]
+        self.splits = [s for _, s in self._parts]
+        # The first pair under MMSeg's singular names (the only one unless lists were given).
+        self.ann_dir, self.split = self._parts[0]
+        self.img_suffix = self.IMG_SUFFIX if img_suffix is None else img_suffix
+        self.seg_map_suffix = self.SEG_MAP_SUFFIX if seg_map_suffix is None else seg_map_suffix
+        self.reduce_zero_label = bool(self.REDUCE_ZERO_LABEL if reduce_zero_label is None else reduce_zero_label)
+        self.ignore_index = int(self.IGNORE_INDEX if ignore_index is None else ignore_index)
         self.test_mode = test_mode
         self.CLASSES, self.PALETTE, subset_map = self._classes_and_palette(classes, palette)
-        merged = {**subset_map, **self.default_label_map(), **(as_label_map(label_map) or {})}
+        self.subset_label_map: Optional[Dict[int, int]] = subset_map or None
+        merged = {**as_label_map(self.LABEL_MAP), **(as_label_map(label_map) or {})}
         self.label_map: Optional[Dict[int, int]] = merged or None
         self._samples = self._list_samples()
 
@@ -89,6 +111,22 @@ class CustomDataset:
         if self.data_root is not None and not os.path.isabs(path):
             path = os.path.join(self.data_root, path)
         return os.path.abspath(path)
+
+    def _ann_split_pairs(self, ann_dir: Any, split: Any) -> List[Tuple[Optional[str], Optional[str]]]:
+        """[(ann_dir, split)] as absolute paths (None where absent), one pair per split file."""
+        name = type(self).__name__
+        if split is None and self.REQUIRES_SPLIT:
+            raise ConfigError(f"{name}: a split file is required (e.g. ImageSets/Segmentation/train.txt)")
+        ann_dirs, splits = _as_list(ann_dir), _as_list(split)
+        if not ann_dirs or not splits:
+            raise ConfigError(f"{name}: ann_dir and split must not be empty lists")
+        if len(ann_dirs) == 1 and len(splits) > 1:
+            ann_dirs = ann_dirs * len(splits)
+        if len(ann_dirs) != len(splits):
+            raise ConfigError(f"{name}: ann_dir has {len(ann_dirs)} entries but split has {len(splits)}; "
+                              f"give one ann_dir per split file")
+        return [(self._join(a) if a is not None else None, self._join(s) if s is not None else None)
+                for a, s in zip(ann_dirs, splits)]
 
     def _classes_and_palette(self, classes: Any, palette: Any) -> Tuple[Tuple[str, ...], Any, Dict[int, int]]:
         subset_map: Dict[int, int] = {}
@@ -120,25 +158,27 @@ class CustomDataset:
             raise ConfigError(f"{type(self).__name__}: palette needs one RGB triple per class ({len(names)})")
         return names, palette, subset_map
 
-    def _seg_path(self, rel_img: str) -> Optional[str]:
-        if self.ann_dir is None:
-            return None
-        return os.path.join(self.ann_dir, rel_img[: -len(self.img_suffix)] + self.seg_map_suffix)
-
     def _list_samples(self) -> List[Dict[str, Optional[str]]]:
+        """The samples of every (ann_dir, split) pair, concatenated in order."""
         if not os.path.isdir(self.img_dir):
             raise DataError(f"image directory {self.img_dir} does not exist")
-        if self.ann_dir is not None and not os.path.isdir(self.ann_dir):
-            raise DataError(f"annotation directory {self.ann_dir} does not exist")
-        if self.split is not None:
-            if not os.path.isfile(self.split):
-                raise DataError(f"split file {self.split} does not exist")
-            with open(self.split) as f:
+        samples: List[Dict[str, Optional[str]]] = []
+        for ann_dir, split in self._parts:
+            samples.extend(self._list_part(ann_dir, split))
+        return samples
+
+    def _list_part(self, ann_dir: Optional[str], split: Optional[str]) -> List[Dict[str, Optional[str]]]:
+        if ann_dir is not None and not os.path.isdir(ann_dir):
+            raise DataError(f"annotation directory {ann_dir} does not exist")
+        if split is not None:
+            if not os.path.isfile(split):
+                raise DataError(f"split file {split} does not exist")
+            with open(split) as f:
                 stems = [line.strip() for line in f if line.strip()]
             rel = [s + self.img_suffix for s in stems]
             absent = [os.path.join(self.img_dir, r) for r in rel if not os.path.isfile(os.path.join(self.img_dir, r))]
             if absent:
-                raise DataError(f"split {self.split} names {len(absent)} image(s) that do not exist: {_listing(absent)}")
+                raise DataError(f"split {split} names {len(absent)} image(s) that do not exist: {_listing(absent)}")
         else:
             rel = []
             for root, _, files in os.walk(self.img_dir, followlinks=True):
@@ -148,7 +188,9 @@ class CustomDataset:
         rel = sorted(rel)
         if not rel:
             raise DataError(f"no images ending in {self.img_suffix!r} found in {self.img_dir}")
-        samples = [{"img_path": os.path.join(self.img_dir, r), "seg_path": self._seg_path(r)} for r in rel]
+        samples = [{"img_path": os.path.join(self.img_dir, r),
+                    "seg_path": None if ann_dir is None else
+                    os.path.join(ann_dir, r[: -len(self.img_suffix)] + self.seg_map_suffix)} for r in rel]
         missing = [f"{s['img_path']} (expected mask {s['seg_path']})"
                    for s in samples if s["seg_path"] is not None and not os.path.isfile(s["seg_path"])]
         if missing:
@@ -177,16 +219,20 @@ class CustomDataset:
         return {
             "label_map": self.label_map,
             "reduce_zero_label": self.reduce_zero_label,
+            "subset_label_map": self.subset_label_map,
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
         }
 
     def manifest(self) -> pa.Table:
         """One row per sample: paths plus the dataset's metadata (repeated per row so each row is
-        self-contained for Ray Data). ``label_map`` is a map<int64, int64> column (rows read back as
-        lists of pairs); ``pipeline`` is the pipeline config list as a JSON string."""
+        self-contained for Ray Data). ``label_map`` and ``subset_label_map`` are map<int64, int64> columns
+        (rows read back as lists of pairs); ``pipeline`` is the pipeline config list as a JSON string."""
         n = len(self._samples)
-        label_items = sorted(self.label_map.items()) if self.label_map else None
+
+        def pairs(mapping: Optional[Dict[int, int]]) -> pa.Array:
+            return pa.array([sorted(mapping.items()) if mapping else None] * n, pa.map_(pa.int64(), pa.int64()))
+
         columns = {
             "img_path": pa.array([s["img_path"] for s in self._samples], pa.string()),
             "seg_path": pa.array([s["seg_path"] for s in self._samples], pa.string()),
@@ -194,8 +240,9 @@ class CustomDataset:
             "class_names": pa.array([list(self.CLASSES)] * n, pa.list_(pa.string())),
             "palette": pa.array([self.PALETTE] * n, pa.list_(pa.list_(pa.int64()))),
             "ignore_index": pa.array([self.ignore_index] * n, pa.int64()),
-            "label_map": pa.array([label_items] * n, pa.map_(pa.int64(), pa.int64())),
+            "label_map": pairs(self.label_map),
             "reduce_zero_label": pa.array([self.reduce_zero_label] * n, pa.bool_()),
+            "subset_label_map": pairs(self.subset_label_map),
             "pipeline": pa.array([json.dumps(self.pipeline_cfg)] * n, pa.string()),
         }
         return pa.table(columns)

@@ -25,14 +25,8 @@ class DemoShapesDataset(CustomDataset):
 
     CLASSES = DEMO_CLASSES
     PALETTE = DEMO_PALETTE
-
-    def __init__(self, pipeline, data_root=None, img_dir="", ann_dir=None, img_suffix=".png",
-                 seg_map_suffix=".png", split=None, classes=None, palette=None, label_map=None,
-                 reduce_zero_label=False, ignore_index=255, test_mode=False):
-        super().__init__(pipeline=pipeline, data_root=data_root, img_dir=img_dir, ann_dir=ann_dir,
-                         img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, split=split, classes=classes,
-                         palette=palette, label_map=label_map, reduce_zero_label=reduce_zero_label,
-                         ignore_index=ignore_index, test_mode=test_mode)
+    IMG_SUFFIX = ".png"
+    SEG_MAP_SUFFIX = ".png"
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:

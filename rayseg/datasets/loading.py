@@ -1,4 +1,4 @@
-"""Pipeline steps that decode an image and its label map into a results dict (MMSeg 0.x semantics).
+"""Pipeline steps that decode an image and its label map into a results dict (MMSeg semantics).
 
 A sample is ``{"img_path": str, "seg_path": str | None}`` and may carry ``img_bytes`` / ``seg_bytes``
 (raw file bytes read by Ray Data); when bytes are present they are decoded instead of reading the path.
@@ -59,22 +59,32 @@ def as_label_map(label_map: Any) -> Optional[Dict[int, int]]:
         raise ConfigError(f"label_map must map integer labels to integer labels, got {label_map!r}") from exc
 
 
-def map_labels(seg: np.ndarray, label_map: Optional[Dict[int, int]], reduce_zero_label: bool) -> np.ndarray:
-    """Apply ``label_map`` then reduce_zero_label (0→255, k→k−1, 255 stays) with one 256-entry table.
-
-    A lookup table applies every old→new pair to the original values at once, which is exactly MMSeg's
-    "map on a copy" (chains such as {1: 2, 2: 3} do not collide) and is much faster than masking.
-    """
-    if not label_map and not reduce_zero_label:
-        return seg
+def _label_lut(label_map: Optional[Dict[int, int]], what: str) -> np.ndarray:
     lut = np.arange(256, dtype=np.int64)
     for old, new in (label_map or {}).items():
         if not 0 <= old <= 255 or not 0 <= new <= 255:
-            raise ConfigError(f"label_map entries must lie in 0..255 for 8-bit masks, got {old}→{new}")
+            raise ConfigError(f"{what} entries must lie in 0..255 for 8-bit masks, got {old}→{new}")
         lut[old] = new
+    return lut
+
+
+def map_labels(seg: np.ndarray, label_map: Optional[Dict[int, int]], reduce_zero_label: bool,
+               subset_label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
+    """Apply ``label_map`` (raw values), then reduce_zero_label (0→255, k→k−1, 255 stays), then
+    ``subset_label_map`` (a dataset's ``classes`` subset, on the reduced labels as in MMSeg 1.x).
+
+    The three steps are composed into one 256-entry lookup table: every old→new pair applies to the
+    values as they were before that step, which is exactly MMSeg's "map on a copy" (chains such as
+    {1: 2, 2: 3} do not collide), and one table is much faster than masking.
+    """
+    if not label_map and not reduce_zero_label and not subset_label_map:
+        return seg
+    lut = _label_lut(label_map, "label_map")
     if reduce_zero_label:
         lut = np.where(lut == 0, 255, lut - 1)
         lut[lut == 254] = 255  # an original 255 (ignored) must stay 255
+    if subset_label_map:
+        lut = _label_lut(subset_label_map, "subset_label_map")[lut]
     return cv2.LUT(seg, lut.astype(np.uint8))
 
 
@@ -155,9 +165,10 @@ class LoadImageFromFile:
 class LoadAnnotations:
     """Decode ``seg_bytes`` (or read ``seg_path``) into ``gt_semantic_seg`` (H×W uint8), checked and mapped.
 
-    Applies ``results['label_map']`` then reduce_zero_label (the results' flag or this step's), checks the
-    mask's size against the image's original size and, when ``results['num_classes']`` is set, that each
-    value is < num_classes or equal to the ignore index.
+    Applies ``results['label_map']``, reduce_zero_label (the results' flag or this step's), then
+    ``results['subset_label_map']`` (see ``map_labels``), checks the mask's size against the image's
+    original size and, when ``results['num_classes']`` is set, that each value is < num_classes or equal
+    to the ignore index.
     """
 
     def __init__(self, reduce_zero_label: bool = False, imdecode_backend: str = "pillow"):
@@ -172,7 +183,8 @@ class LoadAnnotations:
             raise DataError(f"image {img_path} has no annotation (seg_path is None) but LoadAnnotations ran")
         seg = decode_label(_read_bytes(results, "seg_bytes", path), str(path), self.imdecode_backend)
         reduce = bool(self.reduce_zero_label or results.get("reduce_zero_label", False))
-        seg = map_labels(seg, as_label_map(results.get("label_map")), reduce)
+        seg = map_labels(seg, as_label_map(results.get("label_map")), reduce,
+                         as_label_map(results.get("subset_label_map")))
 
         ori_shape = results.get("ori_shape")
         if ori_shape is not None and tuple(seg.shape[:2]) != tuple(ori_shape[:2]):

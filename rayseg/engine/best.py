@@ -2,27 +2,25 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
-from rayseg.engine.evaluate import SUMMARY_KEYS
 from rayseg.errors import ConfigError
+from rayseg.evaluation.metrics import SUMMARY_KEYS
 
 BEST_DIR_PREFIX = "best_"
 
 
-def resolve_save_best(evaluation: Optional[Dict[str, Any]]) -> Optional[str]:
-    """The summary metric ``save_best`` names (``auto`` → the first evaluated metric, as in MMSeg), or None."""
-    evaluation = evaluation or {}
-    key = evaluation.get("save_best")
-    if not key:
+def resolve_save_best(save_best: Optional[str], metrics: Sequence[str] = ("mIoU",), interval: int = 0) -> Optional[str]:
+    """The summary metric ``evaluation.save_best`` names (``auto`` → the first of ``evaluation.metric``, as in
+    MMSeg), or None when it is not set. ``interval`` is ``evaluation.interval``: the best is judged at validations.
+    """
+    if not save_best:
         return None
-    if key == "auto":
-        metric = evaluation.get("metric", "mIoU")
-        key = metric[0] if isinstance(metric, list) and metric else metric
+    key = metrics[0] if save_best == "auto" and metrics else save_best
     if key not in SUMMARY_KEYS:
         raise ConfigError(f"evaluation.save_best: {key!r} is not a metric rayseg computes; "
                           f"choose one of {', '.join(SUMMARY_KEYS)} or 'auto'")
-    if not int(evaluation.get("interval") or 0):
+    if not interval:
         raise ConfigError("evaluation.save_best needs evaluation.interval > 0 (the best is judged at validations)")
     return key
 

@@ -6,9 +6,11 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ray.train import UserCallback
+
+from rayseg.evaluation.report import summary_columns
 
 
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -35,11 +37,11 @@ def last_logged_iter(log_path: str) -> int:
     return last
 
 
-_SUMMARY = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+def text_log_lines(record: Dict[str, Any], max_iters: int, metrics: Sequence[str] = ("mIoU",)) -> List[str]:
+    """MMSeg-style text lines for one report: the training line, and a validation line if it has one.
 
-
-def text_log_lines(record: Dict[str, Any], max_iters: int) -> List[str]:
-    """MMSeg-style text lines for one report: the training line, and a validation line if it has one."""
+    ``metrics`` (``evaluation.metric``) selects the validation line's summary columns, as MMSeg's table does.
+    """
     it = record.get("iter", 0)
     parts = [f"lr: {record['lr']:.3e}"] if "lr" in record else []
     if record.get("time"):
@@ -49,7 +51,7 @@ def text_log_lines(record: Dict[str, Any], max_iters: int) -> List[str]:
     parts += [f"{k}: {v:.4f}" for k, v in record.items() if ("loss" in k or "acc_seg" in k) and v is not None]
     lines = [f"Iter [{it}/{max_iters}]\t" + ", ".join(parts)]
     if "mIoU" in record:
-        val = [f"{k}: {record[k]:.2f}" for k in _SUMMARY if record.get(k) is not None]
+        val = [f"{k}: {record[k]:.2f}" for k in summary_columns(metrics) if record.get(k) is not None]
         lines.append(f"Iter(val) [{it}]\t" + ", ".join(val))
     return lines
 
@@ -59,8 +61,9 @@ class TrainLogCallback(UserCallback):
     ``train.log`` beside it (like MMSeg's text logger), and MLflow."""
 
     def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
-                 max_iters: int = 0, run_dir: Optional[str] = None):
+                 max_iters: int = 0, run_dir: Optional[str] = None, metrics: Sequence[str] = ("mIoU",)):
         self.log_path = log_path
+        self.metrics = tuple(metrics)
         self.run_dir = run_dir
         self.text_log_path = os.path.join(os.path.dirname(log_path), "train.log")
         self.max_iters = max_iters
@@ -94,7 +97,7 @@ class TrainLogCallback(UserCallback):
             f.write(json.dumps(record) + "\n")
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.text_log_path, "a") as f:
-            for line in text_log_lines(record, self.max_iters):
+            for line in text_log_lines(record, self.max_iters, self.metrics):
                 f.write(f"{stamp} - rayseg - INFO - {line}\n")
         run = self._mlflow()
         if run is not None and "iter" in record:

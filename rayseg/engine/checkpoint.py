@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from typing import Any, Dict, Optional
@@ -45,67 +46,125 @@ def weights_file_payload(state_dict: Dict[str, torch.Tensor], cfg: Dict[str, Any
     }
 
 
+# Storage URIs read through pyarrow (as Ray Train reads its checkpoints); other schemes are URLs or names.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss")
+_COPY_CHUNK = 16 << 20
+
+
+def is_storage_uri(path: str) -> bool:
+    """True for ``s3://``, ``gs://``, ``file://`` … URIs (pyarrow filesystems), False for paths and URLs."""
+    return isinstance(path, str) and "://" in path and path.split("://", 1)[0].lower() in STORAGE_SCHEMES
+
+
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """The whole payload of a checkpoint, read safely: the one reader behind every checkpoint rayseg opens.
 
-    ``path`` is a ``.pth``/``.pt`` file, a Ray checkpoint folder holding ``checkpoint.pt``, a storage URI
-    (``s3://``, ``gs://``, ``file://``) of either, or a URL / ``open-mmlab://`` / ``torchvision://`` name.
-    Plain tensors and builtins load with ``weights_only=True``; foreign objects are stubbed out without
-    running their code. Every failure is a ``CheckpointError`` naming the path.
+    ``path`` is a ``.pth``/``.pt`` file or a Ray checkpoint folder holding ``checkpoint.pt``, given as a
+    local path or a storage URI (``s3://``, ``gs://``, ``file://``: pyarrow filesystems), or a URL /
+    ``open-mmlab://`` / ``torchvision://`` name fetched once into the torch hub cache. Plain tensors and
+    builtins load with ``weights_only=True``; foreign objects (MMSeg 1.x's message hub) are stubbed out
+    without running their code. Every failure is a ``CheckpointError`` naming the path (a
+    ``CheckpointDownloadError`` for a failed download, an unknown name is a ``ConfigError``).
     """
-    from rayseg.models.pretrained import download_checkpoint, resolve_checkpoint_url
+    from rayseg.models.pretrained import fetch_checkpoint, resolve_checkpoint_url
 
-    url = resolve_checkpoint_url(path) if isinstance(path, str) else None
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint is named by a path or URI, got {type(path).__name__}")
+    path = os.fspath(path)
+    if is_storage_uri(path):
+        return _read_storage(path)
+    url = resolve_checkpoint_url(path)
     if url is not None:
-        return download_checkpoint(url, path)
-    if os.path.isdir(path):
-        inner = os.path.join(path, TRAIN_STATE_FILE)
-        if not os.path.exists(inner):
+        return _load_file(fetch_checkpoint(url, path), path if url == path else f"{path} ({url})")
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        local = os.path.join(local, TRAIN_STATE_FILE)
+        if not os.path.exists(local):
             raise CheckpointError(f"checkpoint folder {path} has no {TRAIN_STATE_FILE}")
-        path = inner
-    if not os.path.exists(path):
+    if not os.path.exists(local):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    return _load_local(path)
+    return _load_file(local, path)
+
+
+def _read_storage(uri: str) -> Dict[str, Any]:
+    """A checkpoint file (or Ray checkpoint folder) on a pyarrow filesystem, copied to a temporary file
+    in chunks (a large checkpoint never sits in memory twice) and loaded from there."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, remote = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(remote)
+        if info.type == pafs.FileType.Directory:
+            remote = remote.rstrip("/") + "/" + TRAIN_STATE_FILE
+            if fs.get_file_info(remote).type != pafs.FileType.File:
+                raise CheckpointError(f"checkpoint folder {uri} has no {TRAIN_STATE_FILE}")
+        elif info.type != pafs.FileType.File:
+            raise CheckpointError(f"checkpoint file not found: {uri}")
+        with tempfile.TemporaryDirectory(prefix="rayseg-ckpt-") as tmp:
+            local = os.path.join(tmp, os.path.basename(remote))
+            with fs.open_input_stream(remote) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+            return _load_file(local, uri)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError (bad URI, credentials, network)
+        raise CheckpointError(f"cannot read checkpoint {uri}: {exc}") from exc
+
+
+def _normalise_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``meta`` with class names and palette under rayseg's ``classes``/``palette`` as well: MMSeg 0.x
+    keeps them as ``CLASSES``/``PALETTE``, MMSeg 1.x in ``dataset_meta: {classes, palette}``."""
+    meta = dict(meta)
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    for ours, theirs in (("classes", "CLASSES"), ("palette", "PALETTE")):
+        if meta.get(ours) is None:
+            for value in (dataset_meta.get(ours), meta.get(theirs)):
+                if value is not None:
+                    meta[ours] = value
+                    break
+    return meta
 
 
 def load_weights_file(path: str) -> Dict[str, Any]:
     """Load weights for ``load_from`` / testing; returns ``{"state_dict", "meta"}``.
 
-    ``path`` is a ``.pth`` file (rayseg's ``{state_dict, meta}``, MMSeg's ``{state_dict, meta,
-    optimizer, ...}`` whose optimizer is ignored, or a bare state dict), a Ray checkpoint folder
-    holding ``checkpoint.pt``, or a URL / ``open-mmlab://`` name fetched through the torch hub cache.
+    ``path`` is anything :func:`read_checkpoint` reads holding rayseg's ``{state_dict, meta}``, MMSeg's
+    ``{state_dict, meta, optimizer, ...}`` (the optimizer is ignored) or a bare state dict. The class
+    names and palette of MMSeg 0.x (``meta.CLASSES``/``PALETTE``) and 1.x (``meta.dataset_meta``)
+    checkpoints are put under ``meta["classes"]``/``meta["palette"]``.
     """
     payload = read_checkpoint(path)
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        meta = dict(payload.get("meta") or {})
-        # MMSeg 0.x stores the class names as CLASSES/PALETTE; expose them under rayseg's names too.
-        for theirs, ours in (("CLASSES", "classes"), ("PALETTE", "palette")):
-            if meta.get(ours) is None and meta.get(theirs) is not None:
-                meta[ours] = meta[theirs]
-        return {"state_dict": payload["state_dict"], "meta": meta}
-    if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
+    if isinstance(payload.get("state_dict"), dict):
+        return {"state_dict": payload["state_dict"], "meta": _normalise_meta(payload.get("meta") or {})}
+    if payload and all(torch.is_tensor(v) for v in payload.values()):
         return {"state_dict": payload, "meta": {}}
     raise CheckpointError(f"{path} holds no state_dict")
 
 
-def _load_local(path: str) -> Any:
+def _load_file(path: str, label: str) -> Dict[str, Any]:
     """``torch.load`` of plain tensors and builtins; files with foreign objects (MMSeg 1.x's message_hub)
-    fall back to a loader that stubs those objects out without running any of their code."""
+    fall back to a loader that stubs those objects out without running any of their code. ``label``
+    names the checkpoint in errors and warnings (a URI or URL where ``path`` is a local copy)."""
     from rayseg.engine.safe_unpickle import drop_foreign, load_with_stubs
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        foreign = False
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    try:
-        payload = drop_foreign(load_with_stubs(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    warnings.warn(f"{path} holds non-tensor Python objects (e.g. a training message hub); they were "
-                  "skipped and only the weights and plain metadata were loaded", stacklevel=3)
+            raise CheckpointError(f"cannot load checkpoint {label}: {exc}") from exc
+        foreign = True
+    except Exception as exc:  # torch raises several types for corrupt or truncated files
+        raise CheckpointError(f"cannot load checkpoint {label}: {exc}") from exc
+    if foreign:
+        try:
+            payload = drop_foreign(load_with_stubs(path))
+        except Exception as exc:
+            raise CheckpointError(f"cannot load checkpoint {label}: {exc}") from exc
+        warnings.warn(f"{label} holds non-tensor Python objects (e.g. a training message hub); they were "
+                      "skipped and only the weights and plain metadata were loaded", stacklevel=3)
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{label} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
     return payload
 
 

@@ -14,15 +14,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rayseg.engine.best import BestScore, resolve_save_best
-from rayseg.engine.checkpoint import TRAIN_STATE_FILE, load_model_weights, save_train_state, unwrap
+from rayseg.engine.best import BestScore
+from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_train_state, unwrap
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.engine.precision import precision_settings
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
-from rayseg.tracking import start_system_metrics
 from rayseg.errors import DataError
+from rayseg.evaluation.report import summary_columns
+from rayseg.spec.sections import RunSpec
+from rayseg.tracking import start_system_metrics
+from rayseg.utils.distributed import is_distributed, rank_and_world
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -51,14 +54,8 @@ def console(message: str) -> None:
     sys.stdout.flush()
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _mean_across_workers(values: Dict[str, float]) -> Dict[str, float]:
-    rank, world = _world()
+    _, world = rank_and_world()
     if world == 1 or not values:
         return values
     keys = sorted(values)
@@ -100,7 +97,7 @@ def sync_buffers(model: torch.nn.Module) -> None:
     workers would validate with slightly different models, and ``latest.pth`` (rank 0's) would not be the
     model that was validated.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return
     for buffer in unwrap(model).buffers():
         if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
@@ -133,53 +130,82 @@ def _quiet_worker_logs() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
+def _restore(model: torch.nn.Module, spec: RunSpec, rank: int) -> Dict[str, Any] | None:
+    """The training state of the checkpoint Ray Train hands this worker group (None when starting fresh)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        restored = read_checkpoint(folder)
+    model.load_state_dict(restored["state_dict"])
+    if rank == 0:
+        console(f"Restored the training state of iteration {int(restored['meta']['iter'])}; "
+                f"continuing to {spec.max_iters}")
+    return restored
+
+
+def _val_line(done: int, results: Dict[str, Any], metrics) -> str:
+    """``Iter(val) [N]  aAcc: …, mIoU: …`` with the summary columns ``evaluation.metric`` selects."""
+    shown = ", ".join(f"{k}: {results[k]:.2f}" for k in summary_columns(metrics) if k in results)
+    return f"Iter(val) [{done}]  {shown}"
+
+
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
-    """Build the model and optimizer, restore any checkpoint, then train to ``runner.max_iters``."""
+    """Build the model and optimizer, restore any checkpoint, then train to ``spec.max_iters``.
+
+    ``config``: ``{"spec": RunSpec, "init_weights", "class_names", "system_metrics"}`` from the driver. A
+    rayseg error (bad data, a corrupt checkpoint) leaves the worker as a plain instance of its class: Ray's
+    wrappers around it would not survive the trip to the driver with the message intact.
+    """
+    from rayseg.utils.ray_session import user_error
+
+    try:
+        _train(config)
+    except Exception as exc:
+        bare = user_error(exc)
+        if bare is None:
+            raise
+        raise type(bare)(*bare.args) from None
+
+
+def _train(config: Dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
     from rayseg.datasets.ray_data import DeviceNormalizer
-    from rayseg.models import build_segmentor, uses_sync_bn
+    from rayseg.models import build_segmentor
+    from rayseg.spec.policy import set_log_level
 
     _quiet_worker_logs()
-    cfg = config["cfg"]
-    threads = config.get("torch_threads") or 1
-    torch.set_num_threads(int(threads))
+    spec: RunSpec = config["spec"]
+    set_log_level(spec.log.level)
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed = int(cfg.get("seed") or 0)
-    seed_everything(seed + rank, bool(cfg.get("deterministic")))
+    seed_everything(spec.seed + rank, spec.deterministic)
 
-    model = build_segmentor(cfg["model"])
+    model = build_segmentor(spec.model.config)
     device = ray.train.torch.get_device()
-    precision = precision_settings(cfg, device)
-    if world > 1 and uses_sync_bn(cfg["model"]):
+    precision = precision_settings(spec.precision, device, deterministic=spec.deterministic)
+    if world > 1 and spec.model.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
-    max_iters = int(cfg["runner"]["max_iters"])
-    start_iter = 0
-
-    checkpoint = ray.train.get_checkpoint()
-    restored = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            restored = torch.load(os.path.join(folder, TRAIN_STATE_FILE), map_location="cpu", weights_only=True)
-        model.load_state_dict(restored["state_dict"])
-        start_iter = int(restored["meta"]["iter"])
-        if rank == 0:
-            console(f"Restored the training state of iteration {start_iter}; continuing to {max_iters}")
-    elif config.get("init_weights") is not None:
-        load_model_weights(model, config["init_weights"], str(cfg.get("load_from")))
+    max_iters = spec.max_iters
+    restored = _restore(model, spec, rank)
+    start_iter = int(restored["meta"]["iter"]) if restored is not None else 0
+    if restored is None and config.get("init_weights") is not None:
+        load_model_weights(model, config["init_weights"], str(spec.load_from))
 
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
         if world > 1 else model.to(device)
-    optimizer = build_optimizer(unwrap(model), cfg["optimizer"])
-    opt_cfg = cfg.get("optimizer_config") or {}
-    step = TrainStep(model, optimizer, precision, grad_clip=opt_cfg.get("grad_clip"),
-                     skip_nonfinite=bool(opt_cfg.get("skip_nonfinite")))
-    best_key = resolve_save_best(cfg.get("evaluation"))
-    best = BestScore(best_key) if best_key else None
+    optimizer = build_optimizer(unwrap(model), spec.optim.optimizer)
+    step = TrainStep(model, optimizer, precision, grad_clip=spec.optim.grad_clip,
+                     skip_nonfinite=spec.optim.skip_nonfinite)
+    evaluation = spec.evaluation
+    best = BestScore(evaluation.save_best) if evaluation.save_best else None
     if restored is not None:
         if "optimizer" in restored:
             optimizer.load_state_dict(restored["optimizer"])
@@ -188,17 +214,16 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         step.load_state_dict(restored.get("step") or {})
         if best is not None:
             best.load_state_dict(restored.get("best"))
-    schedule = build_lr_schedule(cfg.get("lr_config"), float(cfg["optimizer"]["lr"]), max_iters)
+    schedule = build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, max_iters)
 
-    normalizer = DeviceNormalizer.from_pipeline(cfg["data"]["train"]["pipeline"], device=device)
-    stream = _BatchStream(ray.train.get_dataset_shard("train"), int(cfg["data"]["samples_per_gpu"]), device)
-    val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
-    val_normalizer = (DeviceNormalizer.from_pipeline(config["val_pipeline"], device=device)
+    normalizer = DeviceNormalizer.from_pipeline(spec.data.train_pipeline, device=device)
+    stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device)
+    val_shard = ray.train.get_dataset_shard("val") if evaluation.interval else None
+    val_normalizer = (DeviceNormalizer.from_pipeline(spec.data.val_pipeline, device=device)
                       if val_shard is not None else None)
 
-    log_interval = int(cfg["log_config"]["interval"])
-    eval_interval = int((cfg.get("evaluation") or {}).get("interval") or 0)
-    ckpt_interval = int((cfg.get("checkpoint_config") or {}).get("interval") or max_iters)
+    log_interval = spec.log.interval
+    ckpt_interval = spec.checkpoint.interval
     num_classes = unwrap(model).num_classes
     class_names = config.get("class_names")
     monitor = start_system_metrics(config.get("system_metrics"), ctx)
@@ -222,7 +247,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         done = it + 1
 
         is_log = done % log_interval == 0 or done == max_iters
-        is_eval = val_shard is not None and eval_interval > 0 and (done % eval_interval == 0 or done == max_iters)
+        is_eval = val_shard is not None and (done % evaluation.interval == 0 or done == max_iters)
         is_ckpt = done % ckpt_interval == 0 or done == max_iters
         if not (is_log or is_eval or is_ckpt):
             continue
@@ -246,13 +271,12 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         if is_eval:
             model.eval()
             results = evaluate_shard(unwrap(model), val_shard, val_normalizer, num_classes, device,
-                                     ignore_index=255)
+                                     ignore_index=evaluation.ignore_index, class_names=class_names)
             model.train()
             metrics.update(flatten_eval_metrics(results, class_names))
             metrics["per_class"] = {k: results[k] for k in PER_CLASS_KEYS}
             if rank == 0:
-                console(f"Iter(val) [{done}]  aAcc: {results['aAcc']:.2f}, mIoU: {results['mIoU']:.2f}, "
-                        f"mAcc: {results['mAcc']:.2f}")
+                console(_val_line(done, results, evaluation.metrics))
             # The areas were all-reduced, so every worker reaches the same verdict here.
             if best is not None and best.update(results, done):
                 is_ckpt = True
@@ -268,7 +292,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
                     extra = {"step": step.state_dict()}
                     if best is not None:
                         extra["best"] = best.state_dict()
-                    save_train_state(tmp, model, optimizer, done, cfg, extra=extra)
+                    save_train_state(tmp, model, optimizer, done, spec.config, extra=extra)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"iter_{done:08d}")
         else:

@@ -1,34 +1,32 @@
 """What a finished training job leaves behind: latest.pth, the validation tables, MLflow artifacts."""
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any, Dict, Optional
 
-import torch
-
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, atomic_torch_save, load_weights_file, weights_file_payload
-from rayseg.engine.evaluate import SUMMARY_KEYS
+from rayseg.evaluation.metrics import SUMMARY_KEYS
+from rayseg.spec.sections import RunSpec
 
 
-def write_best_weights(cfg: Dict[str, Any], work_dir: str, run_dir: str, train_set, run=None) -> Optional[str]:
+def write_best_weights(spec: RunSpec, run_dir: str, train_set, run=None) -> Optional[str]:
     """``best_<metric>_iter_<N>.pth`` from the run's best checkpoint (``evaluation.save_best``), if any."""
     from rayseg.engine import storage
-    from rayseg.engine.best import BEST_DIR_PREFIX, resolve_save_best
+    from rayseg.engine.best import BEST_DIR_PREFIX
+    from rayseg.engine.resume import read_train_state
 
-    key = resolve_save_best(cfg.get("evaluation"))
+    key = spec.evaluation.save_best
     folder = storage.join(run_dir, BEST_DIR_PREFIX + key) if key else None
     if folder is None or not storage.exists(storage.join(folder, TRAIN_STATE_FILE)):
         return None
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(folder, TRAIN_STATE_FILE))), map_location="cpu",
-                       weights_only=True)
+    state = read_train_state(folder)
     iteration = int(state["meta"]["iter"])
-    for old in os.listdir(work_dir):  # one best file, as MMSeg keeps it
+    for old in os.listdir(spec.work_dir):  # one best file, as MMSeg keeps it
         if old.startswith(f"best_{key}_iter_") and old.endswith(".pth"):
-            os.remove(os.path.join(work_dir, old))
-    path = os.path.join(work_dir, f"best_{key}_iter_{iteration}.pth")
-    atomic_torch_save(weights_file_payload(state["state_dict"], cfg, iteration,
+            os.remove(os.path.join(spec.work_dir, old))
+    path = os.path.join(spec.work_dir, f"best_{key}_iter_{iteration}.pth")
+    atomic_torch_save(weights_file_payload(state["state_dict"], spec.config, iteration,
                                            classes=getattr(train_set, "CLASSES", None),
                                            palette=getattr(train_set, "PALETTE", None)), path)
     if run is not None:
@@ -38,9 +36,12 @@ def write_best_weights(cfg: Dict[str, Any], work_dir: str, run_dir: str, train_s
     return path
 
 
-def write_final_outputs(result, cfg: Dict[str, Any], work_dir: str, train_set, run=None,
-                        run_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Write ``latest.pth`` from the final Ray checkpoint, the best weights, and the last validation's tables."""
+def write_final_outputs(result, spec: RunSpec, train_set, run=None, run_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``latest.pth`` from the final Ray checkpoint, the best weights, and the last validation's tables.
+
+    ``result``: what ``TorchTrainer.fit`` returned (its ``checkpoint`` and last reported ``metrics``). The
+    table shows the columns ``evaluation.metric`` selects; the CSV and JSON keep every metric.
+    """
     from rayseg.evaluation import format_tables, metrics_to_json, per_class_csv
 
     summary: Dict[str, Any] = {}
@@ -48,15 +49,15 @@ def write_final_outputs(result, cfg: Dict[str, Any], work_dir: str, train_set, r
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as folder:
             state = load_weights_file(folder)
-        latest = os.path.join(work_dir, "latest.pth")
-        atomic_torch_save(weights_file_payload(state["state_dict"], cfg, state["meta"].get("iter", 0),
+        latest = os.path.join(spec.work_dir, "latest.pth")
+        atomic_torch_save(weights_file_payload(state["state_dict"], spec.config, state["meta"].get("iter", 0),
                                                classes=classes, palette=getattr(train_set, "PALETTE", None)),
                           latest)
         summary["latest"] = latest
         if run is not None:
             run.log_artifact(latest, "weights")
     if run_dir:
-        best = write_best_weights(cfg, work_dir, run_dir, train_set, run)
+        best = write_best_weights(spec, run_dir, train_set, run)
         if best:
             summary["best"] = best
     final = dict(result.metrics or {})
@@ -64,12 +65,12 @@ def write_final_outputs(result, cfg: Dict[str, Any], work_dir: str, train_set, r
     if "per_class" in final and "mIoU" in final:
         results = {k: final[k] for k in SUMMARY_KEYS}
         results.update(final["per_class"])
-        table = format_tables(results, names)
+        table = format_tables(results, names, metrics=spec.evaluation.metrics)
         summary["table"] = table
         summary["metrics"] = metrics_to_json(results, names)
         for name, text in (("val_table.txt", table), ("per_class.csv", per_class_csv(results, names)),
                            ("val_metrics.json", json.dumps(summary["metrics"], indent=2))):
-            path = os.path.join(work_dir, name)
+            path = os.path.join(spec.work_dir, name)
             with open(path, "w") as f:
                 f.write(text)
             if run is not None:
@@ -78,6 +79,7 @@ def write_final_outputs(result, cfg: Dict[str, Any], work_dir: str, train_set, r
 
 
 def mlflow_summary(run) -> Optional[Dict[str, str]]:
+    """Where to find the run: its store, id, the command that opens the UI and the run's URL (None without)."""
     from rayseg.tracking import run_url, ui_command
 
     if run is None:

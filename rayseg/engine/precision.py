@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from rayseg.errors import ConfigError
+from rayseg.spec.sections import PrecisionSpec
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -62,8 +63,9 @@ def _loss_scale(value: Any, where: str) -> Union[str, float]:
     return float(value)
 
 
-def requested_precision(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The precision the config asks for, whatever the device: ``{"dtype", "loss_scale"}`` or {}."""
+def resolve_precision(cfg: Dict[str, Any]) -> PrecisionSpec:
+    """The precision keys of a config (``amp``, ``fp16``, ``optimizer_config``, ``channels_last``,
+    ``cudnn_benchmark``) resolved into one ``PrecisionSpec``, whatever the device."""
     amp = cfg.get("amp") or {}
     fp16 = cfg.get("fp16")
     opt_cfg = cfg.get("optimizer_config") or {}
@@ -73,34 +75,37 @@ def requested_precision(cfg: Dict[str, Any]) -> Dict[str, Any]:
         dtype = str(amp.get("dtype", "bf16")).lower()
         if dtype not in _DTYPES:
             raise ConfigError(f"amp.dtype must be one of bf16, fp16; got {amp.get('dtype')!r}")
-        scale = _loss_scale(amp.get("loss_scale"), "amp") if _DTYPES[dtype] is torch.float16 else None
-        asked.append(("amp", {"dtype": dtype, "loss_scale": scale}))
+        dtype = "fp16" if _DTYPES[dtype] is torch.float16 else "bf16"
+        scale = _loss_scale(amp.get("loss_scale"), "amp") if dtype == "fp16" else None
+        asked.append(("amp", dtype, scale))
     if fp16 is not None:
-        asked.append(("fp16", {"dtype": "fp16", "loss_scale": _loss_scale(fp16.get("loss_scale"), "fp16")}))
+        asked.append(("fp16", "fp16", _loss_scale(fp16.get("loss_scale"), "fp16")))
     if hook_fp16:
-        asked.append(("optimizer_config", {"dtype": "fp16",
-                                           "loss_scale": _loss_scale(opt_cfg.get("loss_scale"), "optimizer_config")}))
+        asked.append(("optimizer_config", "fp16", _loss_scale(opt_cfg.get("loss_scale"), "optimizer_config")))
     if len(asked) > 1:
-        raise ConfigError(f"mixed precision is set in more than one place ({', '.join(k for k, _ in asked)}); "
+        raise ConfigError(f"mixed precision is set in more than one place ({', '.join(a[0] for a in asked)}); "
                           "keep one")
-    return asked[0][1] if asked else {}
+    _, dtype, scale = asked[0] if asked else (None, None, None)
+    return PrecisionSpec(amp_dtype=dtype, loss_scale=scale, channels_last=bool(cfg.get("channels_last", False)),
+                         cudnn_benchmark=bool(cfg.get("cudnn_benchmark", False)))
 
 
-def precision_settings(cfg: Dict[str, Any], device: torch.device) -> PrecisionSettings:
-    """Resolve the config's precision keys for ``device``; GPU-only features are switched off on CPU."""
-    asked = requested_precision(cfg)
-    channels_last = bool(cfg.get("channels_last", False))
-    benchmark = bool(cfg.get("cudnn_benchmark", False))
+def precision_settings(spec: PrecisionSpec, device: torch.device, deterministic: bool = False) -> PrecisionSettings:
+    """What ``spec`` means on ``device``: GPU-only features are switched off on CPU with one warning.
+
+    ``deterministic`` (the run's) keeps cudnn's benchmark mode off, since it picks kernels by timing.
+    """
     if device.type != "cuda":
-        ignored = [name for name, on in (("amp/fp16", bool(asked)), ("channels_last", channels_last),
-                                         ("cudnn_benchmark", benchmark)) if on]
+        ignored = [name for name, on in (("amp/fp16", spec.amp_dtype is not None),
+                                         ("channels_last", spec.channels_last),
+                                         ("cudnn_benchmark", spec.cudnn_benchmark)) if on]
         if ignored:
             warnings.warn(f"{', '.join(ignored)} only apply on GPU workers; this worker runs on {device.type}, "
                           "so they are off", RuntimeWarning, stacklevel=2)
         return PrecisionSettings(device_type=device.type)
-    if benchmark and not cfg.get("deterministic"):
+    benchmark = spec.cudnn_benchmark and not deterministic
+    if benchmark:
         torch.backends.cudnn.benchmark = True
-    return PrecisionSettings(amp_dtype=_DTYPES[asked["dtype"]] if asked else None,
-                             loss_scale=asked.get("loss_scale") if asked else None,
-                             channels_last=channels_last, cudnn_benchmark=benchmark and not cfg.get("deterministic"),
-                             device_type="cuda")
+    return PrecisionSettings(amp_dtype=_DTYPES[spec.amp_dtype] if spec.amp_dtype else None,
+                             loss_scale=spec.loss_scale, channels_last=spec.channels_last,
+                             cudnn_benchmark=benchmark, device_type="cuda")

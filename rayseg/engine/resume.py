@@ -1,16 +1,14 @@
 """Finding where a run left off: the latest Ray checkpoint in its storage folder, and its iteration."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 from typing import Any, Dict, Optional, Tuple
 
-import torch
 
 from rayseg.engine import storage
-from rayseg.engine.checkpoint import TRAIN_STATE_FILE
+from rayseg.engine.checkpoint import TRAIN_STATE_FILE, read_checkpoint
 from rayseg.errors import CheckpointError
 
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -62,13 +60,19 @@ def _registered_latest(run_dir: str) -> Optional[Tuple[Optional[str]]]:
     return (latest.get("checkpoint_dir_name"),)
 
 
+def read_train_state(folder: str) -> Dict[str, Any]:
+    """The training state (``checkpoint.pt``) of a Ray checkpoint folder, a local path or a storage URI,
+    read by ``read_checkpoint`` (the one safe reader); every failure is a ``CheckpointError`` naming it."""
+    return read_checkpoint(folder)
+
+
 def checkpoint_iteration(folder: str) -> int:
     """The iteration stored in a Ray checkpoint folder (path or URI) written by rayseg."""
-    path = storage.join(folder, TRAIN_STATE_FILE)
-    if not storage.exists(path):
-        raise CheckpointError(f"{folder} is not a rayseg training checkpoint (no {TRAIN_STATE_FILE})")
-    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    return int(state["meta"]["iter"])
+    state = read_train_state(folder)
+    try:
+        return int(state["meta"]["iter"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{folder} is not a rayseg training checkpoint (no meta.iter)") from None
 
 
 def read_run_state(work_dir: str) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from rayseg.evaluation.metrics import PER_CLASS_KEYS, SUMMARY_KEYS
@@ -120,3 +121,24 @@ def per_class_csv(results: Dict[str, Any], class_names: Optional[Sequence[str]] 
         writer.writerow([name, *("nan" if _is_nan(results[k][idx]) else f"{float(results[k][idx]):.4f}"
                                  for k in PER_CLASS_KEYS)])
     return buf.getvalue()
+
+
+def metric_key(name: Any) -> str:
+    """A class name made safe for an MLflow metric name (letters, digits, ``_ - . /`` and space only)."""
+    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", str(name))
+
+
+def scalar_metrics(results: Dict[str, Any], class_names: Optional[Sequence[str]] = None,
+                   per_class: Sequence[str] = ("IoU", "Acc"), prefix: str = "") -> Dict[str, float]:
+    """Flat scalars for a tracker: the summary metrics plus ``<stat>.<class>`` for each of ``per_class``
+    (class names through :func:`metric_key`; NaN kept as NaN), each under ``<prefix>/`` when given.
+
+    Class names come from ``class_names``, else ``results['classes']``, else indices.
+    """
+    head = f"{prefix}/" if prefix else ""
+    flat = {f"{head}{k}": float(results[k]) for k in SUMMARY_KEYS if k in results}
+    names = class_names or results.get("classes") or [str(i) for i in range(len(results[per_class[0]]))]
+    for stat in per_class:
+        for name, value in zip(names, results[stat]):
+            flat[f"{head}{stat}.{metric_key(name)}"] = float(value)
+    return flat

@@ -1,22 +1,25 @@
 """Pretrained weights: where a checkpoint name points, fetching it, and loading it into a module.
 
 MMSeg configs name weights in several ways, all accepted here as mmcv/mmengine's ``CheckpointLoader``
-does: a local path, an ``http(s)://`` or ``file://`` URL, ``torchvision://resnet50`` and
-``open-mmlab://resnet50_v1c``. Remote files go through ``torch.hub.load_state_dict_from_url`` so they
-land once in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and later runs reuse them.
-Nothing is fetched at import time: names are only resolved when a model is built.
+does: a local path, an ``http(s)://`` URL, ``torchvision://resnet50`` and ``open-mmlab://resnet50_v1c``;
+storage URIs (``s3://``, ``gs://``, ``file://``) are read through pyarrow. Downloads land once in the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``) and later runs reuse them. Every file is opened by
+``rayseg.engine.checkpoint.read_checkpoint`` (the one safe reader). Nothing is fetched at import time:
+names are only resolved when a model is built.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import urllib.parse
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from rayseg.engine.checkpoint import is_storage_uri, read_checkpoint
 from rayseg.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ OPEN_MMLAB_URLS: Dict[str, str] = {
     "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
 }
 
-_URL_SCHEMES = ("http://", "https://", "file://")
+_URL_SCHEMES = ("http://", "https://")
 _OPEN_MMLAB_SCHEMES = ("open-mmlab://", "openmmlab://")  # mmcv accepts both spellings
 _TORCHVISION_SCHEMES = ("torchvision://", "modelzoo://")  # modelzoo:// is mmcv's deprecated alias
 
@@ -72,13 +75,16 @@ def _torchvision_url(name: str, spec: str) -> str:
 
 
 def resolve_checkpoint_url(name: str) -> Optional[str]:
-    """The download URL a checkpoint name stands for, or None when it is a local path.
+    """The download URL a checkpoint name stands for, or None for a local path or a storage URI
+    (``s3://``, ``gs://``, ``file://``: read in place, not downloaded).
 
     Raises ``ConfigError`` for an unknown ``open-mmlab://`` / ``torchvision://`` name or an
     unsupported ``scheme://``, listing what is accepted.
     """
     if not isinstance(name, str):
         raise ConfigError(f"checkpoint must be a path or URL string, got {name!r}")
+    if is_storage_uri(name):
+        return None
     if name.startswith(_URL_SCHEMES):
         return name
     for scheme in _OPEN_MMLAB_SCHEMES:
@@ -92,41 +98,34 @@ def resolve_checkpoint_url(name: str) -> Optional[str]:
         if name.startswith(scheme):
             return _torchvision_url(name, name[len(scheme):])
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", name):
-        raise _not_local(name, "its scheme is not supported (use a local path, http(s)://, file://, "
-                               "torchvision:// or open-mmlab://)")
+        raise _not_local(name, "its scheme is not supported (use a local path, http(s)://, s3://, gs://, "
+                               "file://, torchvision:// or open-mmlab://)")
     return None
 
 
-def download_checkpoint(url: str, name: Optional[str] = None) -> Any:
-    """Fetch ``url`` into the torch hub cache (reused when already there) and load it on the CPU.
+def fetch_checkpoint(url: str, name: Optional[str] = None) -> str:
+    """Download ``url`` into the torch hub cache (reused when already there); returns the local file.
 
-    ``check_hash=False`` as in mmcv's ``load_from_http``: a file name from an arbitrary URL need not
-    carry torch hub's sha256-prefix suffix. Raises ``CheckpointDownloadError`` naming the URL.
+    Named by the URL's file name, as ``torch.hub.load_state_dict_from_url`` does; no hash check, as in
+    mmcv's ``load_from_http`` (a file name from an arbitrary URL need not carry torch hub's sha256-prefix
+    suffix). The file is written under a temporary name and renamed, so an interrupted download never
+    leaves a truncated file to be reused. Raises ``CheckpointDownloadError`` naming the URL.
     """
     label = url if name is None or name == url else f"{name} ({url})"
-    logger.info("loading checkpoint %s through the torch hub cache %s", label, torch.hub.get_dir())
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    cached = os.path.join(folder, os.path.basename(urllib.parse.urlparse(url).path) or "checkpoint.pth")
+    if os.path.isfile(cached):
+        return cached
+    logger.info("downloading checkpoint %s into the torch hub cache %s", label, folder)
     try:
+        os.makedirs(folder, exist_ok=True)
         # progress=False: a progress bar from every Ray worker would flood the driver's log.
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=False,
-                                                  weights_only=True)
-    except Exception as exc:  # urllib, OS and unpickling errors all mean "could not get the weights"
+        torch.hub.download_url_to_file(url, cached, progress=False)
+    except Exception as exc:  # urllib and OS errors all mean "could not get the weights"
         raise CheckpointDownloadError(
             f"cannot download checkpoint {label}: {exc}. Weights can also be given as a local path: "
             f"download the file elsewhere and set the checkpoint to its path") from exc
-
-
-def read_checkpoint(checkpoint: str) -> Any:
-    """Load a checkpoint named by a local path or any name ``resolve_checkpoint_url`` accepts."""
-    url = resolve_checkpoint_url(checkpoint)
-    if url is not None:
-        return download_checkpoint(url, checkpoint)
-    path = os.path.expanduser(checkpoint)
-    if not os.path.isfile(path):
-        raise _not_local(checkpoint, "not a URL (http(s)://, file://, torchvision://, open-mmlab://)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or non-tensor files
-        raise CheckpointError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
+    return cached
 
 
 def extract_state_dict(payload: Any, source: str) -> Dict[str, torch.Tensor]:

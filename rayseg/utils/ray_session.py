@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from typing import Optional, Tuple, Type
 
 from rayseg.errors import CheckpointError, ConfigError, DataError
@@ -47,16 +48,40 @@ def quiet_ray_data(context=None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def user_error(exc: BaseException) -> Optional[BaseException]:
-    """The rayseg error (ConfigError/DataError/CheckpointError) behind an exception Ray wrapped, if any.
+_RAY_RETRY_SUFFIX = re.compile(r"\nFailed to .* after \d+/\d+ attempts \(total backoff")
 
-    Ray keeps a worker's exception on ``RayTaskError.cause``; Ray Train and Ray Data chain theirs with
-    ``__cause__``/``__context__``; this walks all of them.
-    """
+
+def _find_user_error(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The first rayseg error in ``exc``'s chain: Ray keeps a remote error on ``RayTaskError.cause``, Ray
+    Train keeps each worker's in ``WorkerGroupError.worker_failures`` and the controller's in
+    ``ControllerError.controller_failure``; Python chains the rest with ``__cause__``/``__context__``."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
+    pending = [exc]
+    while pending:
+        exc = pending.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
         seen.add(id(exc))
         if isinstance(exc, USER_ERRORS):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        pending.extend(list((getattr(exc, "worker_failures", None) or {}).values()))
+        pending.extend([getattr(exc, "controller_failure", None), getattr(exc, "cause", None),
+                        exc.__cause__, exc.__context__])
     return None
+
+
+def user_error(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The rayseg error (ConfigError/DataError/CheckpointError) behind an exception Ray wrapped, as a plain
+    instance of its own class whose text is the message naming the file, key or value; None if there is none.
+
+    Ray re-raises a remote error as a subclass of both ``RayTaskError`` and the error's class, whose text is
+    the whole remote traceback, and Ray Data appends its retry advice ("… if you believe this to be
+    transient") to the message; neither is what the user needs to read.
+    """
+    found = _find_user_error(exc)
+    while found is not None and isinstance(getattr(found, "cause", None), USER_ERRORS):
+        found = found.cause
+    if found is None or not found.args or not isinstance(found.args[0], str):
+        return found
+    message = _RAY_RETRY_SUFFIX.split(found.args[0], maxsplit=1)[0]
+    return type(found)(message, *found.args[1:])

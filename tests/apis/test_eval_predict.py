@@ -39,20 +39,14 @@ def assert_same_results(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def ckpt(demo_data, tmp_path_factory):
     """latest.pth (rayseg's weights file) and a Ray checkpoint folder holding the same weights."""
+    from inference_fixtures import perturbed_tiny_model
+
     from rayseg.config import load_config
     from rayseg.engine.checkpoint import weights_file_payload
-    from rayseg.models import build_segmentor
 
     root = tmp_path_factory.mktemp("eval_ckpt")
     cfg = load_config(str(TINY_CONFIG), options(demo_data))
-    torch.manual_seed(0)
-    model = build_segmentor(cfg["model"])
-    with torch.no_grad():  # spread the classes' scores so that predictions vary over the image
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.8, 1.2)
-        model.decode_head.conv_seg.weight.mul_(50)
+    model = perturbed_tiny_model(cfg)
     latest = root / "latest.pth"
     torch.save(weights_file_payload(model.state_dict(), cfg, 7), latest)
     folder = root / "iter_00000007"
@@ -73,7 +67,7 @@ def distributed(ray_head, ckpt, tmp_path_factory):
 
 
 def test_distributed_equals_single_process_to_the_last_digit(distributed, ckpt):
-    from rayseg.apis.evaluate import evaluate_checkpoint
+    from rayseg.apis import evaluate_checkpoint
 
     results, _ = distributed
     for checkpoint in (ckpt["latest"], ckpt["folder"]):
@@ -84,6 +78,23 @@ def test_distributed_equals_single_process_to_the_last_digit(distributed, ckpt):
     confusion = results["confusion"]
     assert confusion.shape == (4, 4) and confusion.dtype == np.int64
     assert confusion.sum() == 6 * 64 * 64  # every pixel of the 6 val images counted once, none twice
+
+
+def test_validation_in_training_equals_the_evaluation_job(ray_head, distributed, ckpt):
+    """engine.evaluate.evaluate_shard (validation inside the training workers, fed by the training's
+    eval stream) predicts through the same path as the jobs/test.py actors: the same numbers."""
+    from rayseg.datasets import build_dataset
+    from rayseg.datasets.ray_data import DeviceNormalizer, build_eval_stream
+    from rayseg.engine.evaluate import evaluate_shard
+    from rayseg.inference import load_inference_model
+
+    results, _ = distributed
+    model = load_inference_model(ckpt["cfg"], ckpt["latest"])
+    val_cfg = ckpt["cfg"]["data"]["val"]
+    normalizer = DeviceNormalizer.from_pipeline(val_cfg["pipeline"])
+    shard = build_eval_stream(build_dataset(val_cfg))
+    in_training = evaluate_shard(model, shard, normalizer, 4, "cpu", class_names=CLASSES)
+    assert_same_results(in_training, results)
 
 
 def test_show_dir_has_one_side_by_side_image_per_val_image(distributed, demo_data):

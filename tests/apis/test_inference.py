@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from inference_fixtures import perturbed_tiny_model
 
 from rayseg.apis import inference_model, init_model, show_result
 from rayseg.config import load_config
@@ -27,14 +28,7 @@ def trained(tmp_path_factory):
     """A tiny-shapes model with non-default weights saved as latest.pth, plus demo images."""
     root = tmp_path_factory.mktemp("inference")
     cfg = load_config(CONFIG)
-    torch.manual_seed(0)
-    model = build_segmentor(cfg["model"])
-    with torch.no_grad():  # move BN statistics and the classifier away from their initial values
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.8, 1.2)
-        model.decode_head.conv_seg.weight.mul_(50)
+    model = perturbed_tiny_model(cfg)
     ckpt = root / "latest.pth"
     atomic_torch_save(weights_file_payload(model.state_dict(), cfg, 7, classes=["bg", "c", "r", "t"],
                                            palette=[[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]]), str(ckpt))
@@ -44,7 +38,7 @@ def trained(tmp_path_factory):
     images = sorted((root / "data" / "img_dir" / "val").glob("*.png"))
     odd = root / "odd_size.png"  # another size and aspect ratio than the training data
     cv2.imwrite(str(odd), cv2.resize(cv2.imread(str(images[0])), (90, 50)))
-    return {"cfg": cfg, "model": model.eval(), "ckpt": str(ckpt), "bare": str(bare),
+    return {"cfg": cfg, "model": model, "ckpt": str(ckpt), "bare": str(bare),
             "images": [str(p) for p in images], "odd": str(odd)}
 
 
@@ -137,3 +131,61 @@ def test_unreadable_inputs_raise_data_errors_naming_them(trained, tmp_path):
     bare = build_segmentor(trained["cfg"]["model"])
     with pytest.raises(ConfigError, match="init_model"):
         inference_model(bare, trained["images"][0])
+
+
+def test_mmseg_1x_checkpoint_gives_its_dataset_meta_classes(trained, tmp_path):
+    """MMSeg 1.x keeps names and colours in meta.dataset_meta (and a message hub next to the weights)."""
+    path = tmp_path / "iter_40000.pth"
+    classes, palette = ["sky", "disc", "box", "wedge"], [[9, 9, 9], [8, 8, 8], [7, 7, 7], [6, 6, 6]]
+    torch.save({"state_dict": trained["model"].state_dict(), "meta": {"mmseg_version": "1.2.2", "dataset_meta": {
+        "classes": tuple(classes), "palette": palette}}, "message_hub": {"runtime_info": {"iter": 40000}}}, path)
+    model = init_model(CONFIG, str(path))
+    assert model.CLASSES == tuple(classes) and model.PALETTE == palette
+
+
+def test_init_model_reads_a_file_uri_and_a_loaded_state(trained):
+    from rayseg.inference import load_inference_model
+
+    uri = "file://" + trained["ckpt"]
+    model = init_model(CONFIG, uri)
+    path = trained["images"][0]
+    expected = inference_model(init_model(CONFIG, trained["ckpt"]), path)
+    assert np.array_equal(inference_model(model, path), expected)
+    state = {"state_dict": trained["model"].state_dict(), "meta": {"classes": ["a", "b", "c", "d"]}}
+    loaded = load_inference_model(trained["cfg"], state)
+    assert loaded.CLASSES == ("a", "b", "c", "d") and np.array_equal(inference_model(loaded, path), expected)
+
+
+def test_inference_models_are_strict_and_never_fetch_pretrained_weights(trained, tmp_path):
+    cfg = load_config(CONFIG, ["model.backbone.init_cfg={type: Pretrained, checkpoint: /nonexistent/r18.pth}"])
+    model = init_model(cfg, trained["ckpt"])  # the checkpoint replaces the backbone: nothing is fetched
+    assert torch.equal(model.backbone.stem[0].weight, trained["model"].backbone.stem[0].weight)
+    with pytest.raises(CheckpointError, match="r18.pth"):
+        init_model(cfg)  # without a checkpoint the initial weights are the config's
+    other = load_config(CONFIG, ["model.decode_head.num_classes=5"])
+    with pytest.raises(CheckpointError, match="decode_head.conv_seg.weight"):
+        init_model(other, trained["ckpt"])  # a classifier of another size is an error, not random labels
+
+
+def test_predictor_batches_same_size_results_like_single_images(trained):
+    """Predictor.predict stacks same-size plain results (one forward pass) and keeps the input order;
+    aug-test results go through aug_predict in the same call."""
+    from rayseg.inference import Predictor, TestPipeline
+
+    model = init_model(CONFIG, trained["ckpt"])
+    pipeline = TestPipeline(model.cfg)
+    predictor = Predictor.for_pipeline(model, pipeline.pipeline_cfg)
+    imgs = [trained["images"][0], trained["odd"], trained["images"][1]]
+    one_by_one = [predictor.predict([pipeline(p)])[0] for p in imgs]
+    together = predictor.predict([pipeline(p) for p in imgs])
+    for a, b in zip(one_by_one, together):
+        assert np.array_equal(a, b)
+    assert [p.shape for p in together] == [(64, 64), (50, 90), (64, 64)]
+    aug_cfg = dict(model.cfg, data={"test": dict(model.cfg["data"]["test"], pipeline=enable_aug_test(
+        model.cfg["data"]["test"]["pipeline"], ratios=(0.5, 1.0), flip=True))})
+    aug = TestPipeline(aug_cfg)(trained["odd"])
+    assert len(aug["aug_variants"]) == 4
+    mixed = predictor.predict([pipeline(imgs[0]), aug])
+    assert np.array_equal(mixed[0], one_by_one[0])
+    model.cfg = aug_cfg
+    assert np.array_equal(mixed[1], inference_model(model, trained["odd"]))

@@ -46,13 +46,13 @@ def test_samples_and_manifest_pair_images_with_masks(tmp_path):
         assert Path(s["seg_path"]).parent == tmp_path / "ann"
     table = ds.manifest()
     assert table.column_names == ["img_path", "seg_path", "num_classes", "class_names", "palette",
-                                  "ignore_index", "label_map", "reduce_zero_label", "pipeline"]
+                                  "ignore_index", "label_map", "reduce_zero_label", "subset_label_map", "pipeline"]
     rows = table.to_pylist()
     assert [r["img_path"] for r in rows] == [s["img_path"] for s in ds.samples]
     assert [r["seg_path"] for r in rows] == [s["seg_path"] for s in ds.samples]
     assert rows[0]["num_classes"] == 4 and rows[0]["class_names"] == list(CLASSES)
     assert len(rows[0]["palette"]) == 4 and rows[0]["ignore_index"] == 255
-    assert dict(rows[0]["label_map"]) == {3: 255}
+    assert dict(rows[0]["label_map"]) == {3: 255} and rows[0]["subset_label_map"] is None
     # a manifest row (label_map as a list of pairs) drives the pipeline like the dataset does
     row = rows[0]
     out = ds.pipeline({"img_path": row["img_path"], "seg_path": row["seg_path"], "label_map": row["label_map"],
@@ -177,11 +177,59 @@ def test_classes_subset_builds_label_map_and_palette(tmp_path):
     ds = make(tmp_path, cls=CamVidDataset, classes=["Road", "Sky"])
     assert ds.CLASSES == ("Road", "Sky") and ds.num_classes == 2
     assert ds.PALETTE == [CamVidDataset.PALETTE[3], CamVidDataset.PALETTE[0]]
+    assert ds.subset_label_map == {0: 1, 3: 0, **{i: 255 for i in (1, 2, *range(4, 11))}}
+    assert ds.label_map == {11: 255}  # the raw-value map keeps only the void rule
     seg = ds.prepare_train(ds.samples[0])["gt_semantic_seg"]
     # Sky (0) → 1, Road (3) → 0, the rest ignored
     assert set(np.unique(seg).tolist()) == {0, 1, 255}
     with pytest.raises(ConfigError, match="Tram"):
         make(tmp_path, cls=CamVidDataset, classes=["Tram"])
+
+
+class ABCDataset(CustomDataset):
+    """The MMSeg reference case: three classes, raw masks 0..3 with 0 = "other"."""
+
+    CLASSES = ("a", "b", "c")
+    PALETTE = [[1, 1, 1], [2, 2, 2], [3, 3, 3]]
+    IMG_SUFFIX = ".png"
+    REDUCE_ZERO_LABEL = True
+
+
+def test_classes_subset_after_reduce_zero_label_matches_mmseg(tmp_path):
+    """MMSeg 1.x reduces first, then maps the class subset. From MMSegmentation 1.2.2 itself
+    (tools/mmseg_semantics_reference.py: BaseSegDataset with METAINFO classes (a, b, c), metainfo
+    classes (b, c), reduce_zero_label=True, then LoadAnnotations): label_map {0: 255, 1: 0, 2: 1}, raw mask
+    [0, 1, 2, 3] → [255, 255, 0, 1]. (Mapping before reducing, as rayseg did, gave [255, 255, 0, 2].)"""
+    write_pair(tmp_path, "a", h=1, w=4, values=(0, 1, 2, 3))
+    ds = ABCDataset(pipeline=LOAD, data_root=str(tmp_path), img_dir="img", ann_dir="ann", classes=("b", "c"))
+    assert ds.reduce_zero_label and ds.subset_label_map == {0: 255, 1: 0, 2: 1}
+    assert ds.prepare_train(ds.samples[0])["gt_semantic_seg"].tolist() == [[255, 255, 0, 1]]
+    test = ABCDataset(pipeline=LOAD[:1], data_root=str(tmp_path), img_dir="img", ann_dir="ann",
+                      classes=("b", "c"), test_mode=True)
+    assert test[0]["gt_semantic_seg"].tolist() == [[255, 255, 0, 1]]  # the evaluation ground truth too
+    # A manifest row carries both maps and drives the pipeline the same way.
+    row = ds.manifest().to_pylist()[0]
+    out = ds.pipeline({k: row[k] for k in ("img_path", "seg_path", "label_map", "reduce_zero_label",
+                                           "subset_label_map", "num_classes", "ignore_index")})
+    assert out["gt_semantic_seg"].tolist() == [[255, 255, 0, 1]]
+    # A user label_map works on raw values, before the reduction: raw 3 (class c) → 1 (class a, dropped).
+    ds = ABCDataset(pipeline=LOAD, data_root=str(tmp_path), img_dir="img", ann_dir="ann", classes=("b", "c"),
+                    label_map={3: 1})
+    assert ds.prepare_train(ds.samples[0])["gt_semantic_seg"].tolist() == [[255, 255, 0, 255]]
+
+
+def test_defaults_are_class_attributes(tmp_path):
+    write_pair(tmp_path, "a", h=1, w=4, values=(0, 1, 2, 3))
+    ds = ABCDataset(pipeline=LOAD, data_root=str(tmp_path), img_dir="img", ann_dir="ann")
+    assert (ds.img_suffix, ds.seg_map_suffix, ds.reduce_zero_label, ds.ignore_index) == (".png", ".png", True, 255)
+    assert ds.prepare_train(ds.samples[0])["gt_semantic_seg"].tolist() == [[255, 0, 1, 2]]
+    # Constructor arguments override the class's values.
+    ds = ABCDataset(pipeline=LOAD, data_root=str(tmp_path), img_dir="img", ann_dir="ann", reduce_zero_label=False,
+                    ignore_index=254, label_map={3: 254})
+    assert not ds.reduce_zero_label and ds.ignore_index == 254 and ds.subset_label_map is None
+    assert ds.prepare_train(ds.samples[0])["gt_semantic_seg"].tolist() == [[0, 1, 2, 254]]
+    with pytest.raises(DataError):  # images are .png, so ".jpg" finds none
+        ABCDataset(pipeline=LOAD, data_root=str(tmp_path), img_dir="img", ann_dir="ann", img_suffix=".jpg")
 
 
 def test_camvid_void_is_ignored(tmp_path):

@@ -175,6 +175,13 @@ def test_map_labels_reduce_zero_label_and_label_map():
     assert map_labels(seg, {1: 2, 2: 3}, False).tolist() == [[0, 2, 3, 255]]
     # label_map first, then reduce_zero_label
     assert map_labels(seg, {2: 0}, True).tolist() == [[255, 0, 255, 255]]
+    # the classes-subset map last, on the reduced labels (MMSeg 1.x; see test_custom_dataset.py)
+    raw = np.array([[0, 1, 2, 3, 255]], np.uint8)
+    assert map_labels(raw, None, True, {0: 255, 1: 0, 2: 1}).tolist() == [[255, 255, 0, 1, 255]]
+    assert map_labels(raw, {3: 1}, True, {0: 255, 1: 0, 2: 1}).tolist() == [[255, 255, 0, 255, 255]]
+    assert map_labels(raw, None, False, {3: 0, 0: 3}).tolist() == [[3, 1, 2, 0, 255]]
+    with pytest.raises(ConfigError, match="subset_label_map"):
+        map_labels(raw, None, False, {0: 256})
 
 
 def test_photometric_distortion_keeps_uint8_and_shape():

@@ -56,3 +56,77 @@ def test_corrupt_file_names_the_path(tmp_path):
         load_weights_file(str(path))
     with pytest.raises(CheckpointError, match="missing.pth"):
         load_weights_file(os.path.join(tmp_path, "missing.pth"))
+
+
+def test_read_checkpoint_returns_the_whole_payload(tmp_path):
+    from rayseg.engine.checkpoint import read_checkpoint
+
+    path = tmp_path / "iter_5.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []},
+                "meta": {"iter": 5}}, path)
+    payload = read_checkpoint(str(path))
+    assert set(payload) == {"state_dict", "optimizer", "meta"} and payload["meta"]["iter"] == 5
+
+
+def test_mmseg_1x_dataset_meta_becomes_classes_and_palette(tmp_path):
+    path = tmp_path / "mmseg1x.pth"
+    classes, palette = ["road", "sky", "car"], [[128, 64, 128], [70, 130, 180], [0, 0, 142]]
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "message_hub": {"h": HistoryBuffer()},
+                "meta": {"mmseg_version": "1.2.2", "dataset_meta": {"classes": classes, "palette": palette}}}, path)
+    with pytest.warns(UserWarning, match="non-tensor"):
+        meta = load_weights_file(str(path))["meta"]
+    assert meta["classes"] == classes and meta["palette"] == palette
+    assert meta["dataset_meta"]["classes"] == classes  # the original stays too
+    # MMSeg 0.x names, and rayseg's own keys taking precedence over both.
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"CLASSES": ("a", "b"), "PALETTE": [[1, 2, 3], [4, 5, 6]]}},
+               path)
+    meta = load_weights_file(str(path))["meta"]
+    assert meta["classes"] == ("a", "b") and meta["palette"] == [[1, 2, 3], [4, 5, 6]]
+    torch.save({"state_dict": {"w": torch.zeros(1)},
+                "meta": {"classes": ["x"], "CLASSES": ["y"], "dataset_meta": {"classes": ["z"]}}}, path)
+    assert load_weights_file(str(path))["meta"]["classes"] == ["x"]
+
+
+def test_truncated_and_non_dict_files_are_checkpoint_errors_naming_them(tmp_path):
+    from rayseg.engine.checkpoint import read_checkpoint
+
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {"w": torch.randn(64, 64)}}, good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        read_checkpoint(str(truncated))
+    listed = tmp_path / "a_list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(CheckpointError, match="a_list.pth.*list"):
+        read_checkpoint(str(listed))
+
+
+def test_file_uri_reads_files_and_ray_checkpoint_folders_in_place(tmp_path):
+    """file:// goes through pyarrow, the way s3:// and gs:// do (a best-checkpoint folder on storage)."""
+    from rayseg.engine.checkpoint import read_checkpoint
+
+    sd = {"w": torch.arange(4.0)}
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": sd, "meta": {"iter": 2}}, path)
+    assert torch.equal(load_weights_file(path.as_uri())["state_dict"]["w"], sd["w"])
+    folder = tmp_path / "best_mIoU"
+    folder.mkdir()
+    torch.save({"state_dict": sd, "meta": {"iter": 9}, "best": {"score": 1.0}}, folder / "checkpoint.pt")
+    assert read_checkpoint(folder.as_uri())["best"] == {"score": 1.0}
+    assert read_checkpoint(folder.as_uri() + "/")["meta"]["iter"] == 9
+    # Foreign objects are stubbed out for URIs too: the local copy takes the same safe path.
+    torch.save({"state_dict": sd, "payload": Exploit(str(tmp_path / "pwned"))}, path)
+    with pytest.warns(UserWarning, match="weights.pth"):
+        assert set(read_checkpoint(path.as_uri())) == {"state_dict"}
+    assert not (tmp_path / "pwned").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="empty has no checkpoint.pt"):
+        read_checkpoint(empty.as_uri())
+    with pytest.raises(CheckpointError, match="nothing.pth"):
+        read_checkpoint((tmp_path / "nothing.pth").as_uri())
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"file://.*bad.pth"):  # errors name the URI, not the temp copy
+        read_checkpoint((tmp_path / "bad.pth").as_uri())

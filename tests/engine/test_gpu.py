@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rayseg.engine.precision import precision_settings
+from rayseg.engine.precision import precision_settings, resolve_precision
 from rayseg.engine.step import TrainStep
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,8 @@ def _tiny_model():
 @pytest.mark.parametrize("amp", [{"enabled": True, "dtype": "bf16"}, {"enabled": True, "dtype": "fp16"}])
 def test_mixed_precision_step_trains_on_gpu(amp):
     device = torch.device("cuda")
-    settings = precision_settings({"amp": amp, "channels_last": True, "cudnn_benchmark": True}, device)
+    settings = precision_settings(resolve_precision({"amp": amp, "channels_last": True, "cudnn_benchmark": True}),
+                                  device)
     assert settings.amp and settings.channels_last
     assert (settings.grad_scaler() is not None) == (amp["dtype"] == "fp16")
     model = _tiny_model().to(device).to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ import torch
 
 from rayseg.engine import storage
 from rayseg.engine.best import BestScore, resolve_save_best
-from rayseg.engine.precision import PrecisionSettings, precision_settings, requested_precision
+from rayseg.engine.precision import PrecisionSettings, precision_settings, resolve_precision
 from rayseg.engine.resume import checkpoint_iteration, latest_checkpoint
 from rayseg.engine.step import TrainStep
 from rayseg.errors import ConfigError
@@ -84,26 +84,30 @@ def test_skip_nonfinite_catches_infinite_gradients_from_a_finite_loss():
 def test_precision_is_off_on_cpu_with_one_warning_naming_the_keys():
     cfg = {"amp": {"enabled": True, "dtype": "bf16"}, "channels_last": True, "cudnn_benchmark": True}
     with pytest.warns(RuntimeWarning, match="amp/fp16, channels_last, cudnn_benchmark"):
-        settings = precision_settings(cfg, torch.device("cpu"))
+        settings = precision_settings(resolve_precision(cfg), torch.device("cpu"))
     assert not settings.amp and not settings.channels_last and settings.grad_scaler() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        precision_settings({}, torch.device("cpu"))  # nothing asked, nothing said
+        precision_settings(resolve_precision({}), torch.device("cpu"))  # nothing asked, nothing said
 
 
 def test_precision_config_spellings():
-    assert requested_precision({"amp": {"enabled": True, "dtype": "bf16"}}) == {"dtype": "bf16", "loss_scale": None}
-    assert requested_precision({"amp": {"dtype": "fp16"}}) == {"dtype": "fp16", "loss_scale": "dynamic"}
-    assert requested_precision({"fp16": {"loss_scale": 512.0}}) == {"dtype": "fp16", "loss_scale": 512.0}
-    assert requested_precision({"optimizer_config": {"type": "Fp16OptimizerHook", "loss_scale": "dynamic"}}) == \
-        {"dtype": "fp16", "loss_scale": "dynamic"}
-    assert requested_precision({"amp": {"enabled": False, "dtype": "fp16"}}) == {}
+    def asked(cfg):
+        spec = resolve_precision(cfg)
+        return (spec.amp_dtype, spec.loss_scale)
+
+    assert asked({"amp": {"enabled": True, "dtype": "bf16"}}) == ("bf16", None)
+    assert asked({"amp": {"dtype": "float16"}}) == ("fp16", "dynamic")
+    assert asked({"fp16": {"loss_scale": 512.0}}) == ("fp16", 512.0)
+    assert asked({"optimizer_config": {"type": "Fp16OptimizerHook", "loss_scale": "dynamic"}}) == ("fp16", "dynamic")
+    assert asked({"amp": {"enabled": False, "dtype": "fp16"}}) == (None, None)
+    assert resolve_precision({"channels_last": True}).channels_last
     with pytest.raises(ConfigError, match="fp8"):
-        requested_precision({"amp": {"dtype": "fp8"}})
+        resolve_precision({"amp": {"dtype": "fp8"}})
     with pytest.raises(ConfigError, match="more than one place"):
-        requested_precision({"amp": {"dtype": "bf16"}, "fp16": {"loss_scale": 512.0}})
+        resolve_precision({"amp": {"dtype": "bf16"}, "fp16": {"loss_scale": 512.0}})
     with pytest.raises(ConfigError, match="loss_scale"):
-        requested_precision({"fp16": {"loss_scale": -1}})
+        resolve_precision({"fp16": {"loss_scale": -1}})
 
 
 def test_static_loss_scale_never_grows():
@@ -116,13 +120,13 @@ def test_static_loss_scale_never_grows():
 
 
 def test_save_best_resolution():
-    assert resolve_save_best({"interval": 10, "save_best": "mIoU"}) == "mIoU"
-    assert resolve_save_best({"interval": 10, "save_best": "auto", "metric": ["mDice", "mIoU"]}) == "mDice"
-    assert resolve_save_best({"interval": 10}) is None
+    assert resolve_save_best("mIoU", ("mIoU",), interval=10) == "mIoU"
+    assert resolve_save_best("auto", ("mDice", "mIoU"), interval=10) == "mDice"  # the first evaluated metric
+    assert resolve_save_best(None, ("mIoU",), interval=10) is None
     with pytest.raises(ConfigError, match="mIOU"):
-        resolve_save_best({"interval": 10, "save_best": "mIOU"})
+        resolve_save_best("mIOU", ("mIoU",), interval=10)
     with pytest.raises(ConfigError, match="interval"):
-        resolve_save_best({"interval": 0, "save_best": "mIoU"})
+        resolve_save_best("mIoU", ("mIoU",), interval=0)
 
 
 def test_best_score_keeps_the_first_of_equal_scores_and_survives_a_resume():

@@ -191,3 +191,28 @@ def test_ray_job_submit_trains(ray_head, demo_data, tmp_path):
     assert (work / "latest.pth").is_file()
     records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 2]
+
+
+def test_a_file_only_the_workers_can_decode_gives_one_error_line(ray_head, demo_data, tmp_path):
+    """Listing passes (the file exists), decoding in a Ray Data actor fails: one ``error:`` line, exit 2."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    for path in (data / "img_dir" / "train").glob("*.png"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # a truncated PNG
+    work = tmp_path / "work"
+    cmd = [sys.executable, "jobs/train.py", str(TINY_CONFIG), "--work-dir", str(work), "--address", ray_head.address,
+           "--cfg-options", *data_options(data), "runner.max_iters=2", "evaluation.interval=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "cannot decode image" in errors[0] and str(data / "img_dir" / "train") in errors[0]
+    assert "transient" not in proc.stderr and len(proc.stderr.splitlines()) < 10, proc.stderr
+    assert "Traceback" in (work / "ray_workers.log").read_text()  # the workers' own reports are kept
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

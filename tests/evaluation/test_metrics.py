@@ -344,3 +344,27 @@ def test_metrics_to_json_with_selected_metrics():
     assert metrics_to_json(_results(), names, metrics=None) == metrics_to_json(_results(), names)
     with pytest.raises(ValueError, match="'miou'"):
         metrics_to_json(_results(), names, metrics=["miou"])
+
+
+# ---------------------------------------------------------------- tracker scalars
+def test_scalar_metrics_names_are_mlflow_safe_and_nan_is_kept():
+    from rayseg.apis.eval_outputs import flat_metrics
+    from rayseg.engine.evaluate import flatten_eval_metrics
+    from rayseg.evaluation import metric_key, scalar_metrics
+
+    assert metric_key("traffic light (sign)#2") == "traffic light _sign__2"
+    assert metric_key("a-b_c./d e") == "a-b_c./d e"
+    results = _results()
+    names = ["sky", "road?", "tree", "car"]
+    flat = scalar_metrics(results, names)
+    assert flat["IoU.road_"] == pytest.approx(results["IoU"][1]) and math.isnan(flat["IoU.tree"])
+    assert set(flat) == {"aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall"} | {
+        f"{s}.{n}" for s in ("IoU", "Acc") for n in ("sky", "road_", "tree", "car")}
+    # Validation during training and jobs/test.py name the same quantities the same way.
+    assert flatten_eval_metrics(results, names) == flat
+    logged = flat_metrics({**results, "classes": names}, "val")
+    assert {k[len("val/"):] for k in logged} == set(flat) | {f"Dice.{n}" for n in ("sky", "road_", "tree", "car")}
+    assert logged["val/mIoU"] == flat["mIoU"]
+    # Without names: results['classes'], else indices.
+    assert "IoU.car" in scalar_metrics(results)
+    assert "IoU.3" in flatten_eval_metrics({k: v for k, v in results.items() if k != "classes"}, None)

@@ -1,7 +1,4 @@
 """CrossEntropyLoss against hand computation, following MMSeg's averaging rules."""
-import json
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +6,9 @@ import torch.nn.functional as F
 from rayseg.errors import ConfigError
 from rayseg.models import build_loss
 from rayseg.models.losses import CrossEntropyLoss
+
+from loss_cases import (MMSEG_CLASS_WEIGHT, MMSEG_LABELS, MMSEG_LABELS_IGNORED, MMSEG_LOGITS,  # noqa: E402
+                        write_weights)
 
 IGNORE = 255
 
@@ -50,17 +50,72 @@ def test_avg_non_ignore_divides_by_valid_pixels(data):
 
 
 @pytest.mark.parametrize("avg_non_ignore", [False, True])
-def test_class_weight_scales_terms_not_denominator(data, avg_non_ignore):
+def test_class_weight_default_divides_by_the_weights_of_valid_pixels(data, avg_non_ignore):
+    """MMSeg 1.x / torch's weighted mean: Σ w[y]·nll / Σ w[y], the sums over the valid pixels."""
     logits, label = data
     w = [0.5, 2.0, 1.0, 3.0]
     loss = CrossEntropyLoss(class_weight=w, avg_non_ignore=avg_non_ignore)(logits, label, ignore_index=IGNORE)
-    safe = label.clamp(max=3)
-    per_pixel = nll_map(logits, label) * torch.tensor(w)[safe]
+    valid = label != IGNORE
+    pixel_w = torch.tensor(w)[label.clamp(max=3)] * valid
+    assert torch.allclose(loss, (nll_map(logits, label) * pixel_w).sum() / pixel_w.sum(), atol=1e-6)
+    torch_loss = F.cross_entropy(logits, label, weight=torch.tensor(w), ignore_index=IGNORE)
+    assert torch.allclose(loss, torch_loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_class_weight_norm_pixels_keeps_the_pixel_count(data, avg_non_ignore):
+    """MMSeg 0.x: the weights scale the terms but the denominator stays a pixel count."""
+    logits, label = data
+    w = [0.5, 2.0, 1.0, 3.0]
+    loss = CrossEntropyLoss(class_weight=w, avg_non_ignore=avg_non_ignore, class_weight_norm="pixels")(
+        logits, label, ignore_index=IGNORE)
+    per_pixel = nll_map(logits, label) * torch.tensor(w)[label.clamp(max=3)]
     denom = (label != IGNORE).sum() if avg_non_ignore else label.numel()
     assert torch.allclose(loss, per_pixel.sum() / denom, atol=1e-6)
-    # torch divides by the sum of the weights instead: a different number.
-    torch_loss = F.cross_entropy(logits, label, weight=torch.tensor(w), ignore_index=IGNORE)
-    assert not torch.allclose(loss, torch_loss, atol=1e-4)
+    weighted = CrossEntropyLoss(class_weight=w, avg_non_ignore=avg_non_ignore)(logits, label, ignore_index=IGNORE)
+    assert not torch.allclose(loss, weighted, atol=1e-4)
+    # Without class weights both rules are the same pixel count.
+    assert torch.equal(CrossEntropyLoss(class_weight_norm="pixels")(logits, label, ignore_index=IGNORE),
+                       CrossEntropyLoss()(logits, label, ignore_index=IGNORE))
+
+
+# The expected numbers below came from MMSegmentation 1.2.2 itself (mmcv-lite 2.2.0, mmengine 0.10.7,
+# torch 2.14.1): `/tmp/mmseg-venv/bin/python tools/mmseg_semantics_reference.py` (tools/README.md), on the
+# inputs of loss_cases.py.
+@pytest.mark.parametrize("class_weight, avg_non_ignore, labels, expected", [
+    (None, False, MMSEG_LABELS, 1.9577531814575195),
+    (None, True, MMSEG_LABELS, 1.9577531814575195),
+    (None, False, MMSEG_LABELS_IGNORED, 1.3134299516677856),
+    (None, True, MMSEG_LABELS_IGNORED, 1.9701449871063232),
+    (MMSEG_CLASS_WEIGHT, False, MMSEG_LABELS, 2.089515447616577),
+    (MMSEG_CLASS_WEIGHT, True, MMSEG_LABELS, 2.089515447616577),
+])
+def test_matches_mmseg_1x(class_weight, avg_non_ignore, labels, expected):
+    loss = CrossEntropyLoss(class_weight=class_weight, avg_non_ignore=avg_non_ignore)(
+        torch.tensor(MMSEG_LOGITS), torch.tensor(labels), ignore_index=IGNORE)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_class_weight_rules_on_the_mmseg_case():
+    """MMSeg 1.2.2 raises IndexError for a weighted batch with ignored pixels; we take its rule over the
+    valid pixels (= torch's weighted mean). 'pixels' gives MMSeg 0.x's value: Σw[y] = 7 over 6 pixels,
+    so 7/6 × the 1.x value (2.4378 vs 2.0895)."""
+    logits = torch.tensor(MMSEG_LOGITS)
+    ignored = torch.tensor(MMSEG_LABELS_IGNORED)
+    for avg_non_ignore in (False, True):
+        loss = CrossEntropyLoss(class_weight=MMSEG_CLASS_WEIGHT, avg_non_ignore=avg_non_ignore)(logits, ignored)
+        expected = F.cross_entropy(logits, ignored, weight=torch.tensor(MMSEG_CLASS_WEIGHT), ignore_index=IGNORE)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert loss.item() == pytest.approx(2.2546112537384033, rel=1e-6)
+    pixels = CrossEntropyLoss(class_weight=MMSEG_CLASS_WEIGHT, class_weight_norm="pixels")
+    assert pixels(logits, torch.tensor(MMSEG_LABELS)).item() == pytest.approx(2.43776798248291, rel=1e-6)
+    assert pixels(logits, torch.tensor(MMSEG_LABELS)).item() == pytest.approx(2.089515447616577 * 7 / 6, rel=1e-6)
+
+
+def test_class_weight_norm_is_checked():
+    with pytest.raises(ConfigError, match="class_weight_norm"):
+        build_loss(dict(type="CrossEntropyLoss", class_weight_norm="mean"))
+    assert build_loss(dict(type="CrossEntropyLoss", class_weight_norm="pixels")).class_weight_norm == "pixels"
 
 
 def test_loss_weight_and_reductions(data):
@@ -129,14 +184,7 @@ def test_use_sigmoid_class_weight_is_per_channel_pos_weight(data):
 def test_class_weight_from_file(tmp_path, data, suffix):
     logits, label = data
     w = [0.2595, 0.1826, 4.5640, 0.1417]
-    path = tmp_path / f"weights{suffix}"
-    if suffix == ".npy":
-        np.save(path, np.array(w))
-    elif suffix == ".txt":
-        np.savetxt(path, np.array(w))
-    else:
-        path.write_text(json.dumps(w))
-    from_file = CrossEntropyLoss(class_weight=str(path))
+    from_file = CrossEntropyLoss(class_weight=write_weights(tmp_path, w, suffix))
     assert from_file.class_weight == pytest.approx(w)
     assert torch.allclose(from_file(logits, label, ignore_index=IGNORE),
                           CrossEntropyLoss(class_weight=w)(logits, label, ignore_index=IGNORE))

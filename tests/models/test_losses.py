@@ -5,10 +5,8 @@ vectorised implementations independently. All tensors are tiny.
 """
 import copy
 import itertools
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,6 +18,8 @@ from rayseg.models.losses.focal_loss import FocalLoss
 from rayseg.models.losses.lovasz_loss import LovaszLoss
 from rayseg.models.samplers.ohem_pixel_sampler import OHEMPixelSampler
 from rayseg.registry import PIXEL_SAMPLERS, build
+
+from loss_cases import MMSEG_CLASS_WEIGHT, MMSEG_FOCAL_ALPHA, MMSEG_LABELS, MMSEG_LOGITS, write_weights  # noqa: E402
 
 torch.set_num_threads(1)
 IGNORE = 255
@@ -48,17 +48,6 @@ def softmax_at(logits, n, i, j):
     m = max(row)
     e = [math.exp(v - m) for v in row]
     return [v / sum(e) for v in e]
-
-
-def write_weights(tmp_path, values, suffix):
-    path = tmp_path / f"w{suffix}"
-    if suffix == ".npy":
-        np.save(path, np.array(values))
-    elif suffix == ".txt":
-        np.savetxt(path, np.array(values))
-    else:
-        path.write_text(json.dumps(values))
-    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------- Dice
@@ -233,6 +222,55 @@ def test_focal_ignore_index_and_pixel_weight():
                           ref_focal(logits, label, pixel_weight=pw).sum(), atol=1e-10)
     with pytest.raises(ValueError, match="labels must lie"):
         FocalLoss()(logits, label, ignore_index=0)  # 255 is now an ordinary (out-of-range) label
+
+
+def _one_hot(label, c):
+    return torch.nn.functional.one_hot(label, c).permute(0, 3, 1, 2).to(torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_focal_one_hot_target_equals_index_labels(seed):
+    """MMSeg's (N, C, H, W) float target: a one-hot of the labels gives the index-label loss."""
+    logits, label = random_case(seed, ignored=0)
+    target = _one_hot(label, logits.shape[1])
+    for opts in (dict(), dict(gamma=1.5, alpha=[0.2, 0.5, 0.9], class_weight=[1.0, 3.0, 0.5], loss_weight=0.7)):
+        for reduction in ("mean", "sum", "none"):
+            dense = FocalLoss(reduction=reduction, **opts)(logits, target)
+            assert torch.allclose(dense, FocalLoss(reduction=reduction, **opts)(logits, label), atol=1e-12)
+    pw = torch.rand(label.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(FocalLoss()(logits, target, weight=pw), FocalLoss()(logits, label, weight=pw))
+
+
+# From MMSegmentation 1.2.2 itself (tools/mmseg_semantics_reference.py; inputs in loss_cases.py). MMSeg has
+# no ignored pixels in a one-hot target; a label-smoothed target is used as given.
+MMSEG_FOCAL = {
+    "one_hot": (0.25933489203453064, 0.6942028403282166, [1.654086709022522, 1.0472643375396729, 1.9666765928268433]),
+    "smoothed": (0.23958748579025269, 0.6452181339263916, [1.519968867301941, 0.9963674545288086, 1.796238899230957]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MMSEG_FOCAL))
+def test_focal_dense_target_matches_mmseg(kind):
+    logits = torch.tensor(MMSEG_LOGITS)
+    target = _one_hot(torch.tensor(MMSEG_LABELS), 3).float()
+    if kind == "smoothed":
+        target = target * 0.9 + 0.1 / 3
+    default, custom, per_class = MMSEG_FOCAL[kind]
+    assert FocalLoss()(logits, target).item() == pytest.approx(default, rel=1e-6)
+    loss = FocalLoss(gamma=1.5, alpha=MMSEG_FOCAL_ALPHA, class_weight=MMSEG_CLASS_WEIGHT, loss_weight=2.0)
+    assert loss(logits, target).item() == pytest.approx(custom, rel=1e-6)
+    none = FocalLoss(reduction="none")(logits, target)
+    assert none.shape == (1, 3, 2, 3)
+    assert none.sum(dim=(0, 2, 3)).tolist() == pytest.approx(per_class, rel=1e-6)
+
+
+def test_focal_rejects_shapes_that_are_neither_labels_nor_target():
+    logits = torch.zeros(2, 5, 17, 19)
+    with pytest.raises(ValueError, match="match neither"):
+        FocalLoss()(logits, torch.zeros(2, 4, 17, 19))
+    with pytest.raises(ValueError, match="match neither"):
+        FocalLoss()(logits, torch.zeros(2, 17, 18, dtype=torch.long))
+    assert FocalLoss()(logits, torch.zeros(2, 5, 17, 19)).item() > 0  # the shape the issue reported refused
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".txt", ".json"])

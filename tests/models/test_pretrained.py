@@ -1,10 +1,16 @@
-"""Pretrained weights and ``load_from``: names, URLs (as file:// — no network here), prefixes, mismatches.
+"""Pretrained weights and ``load_from``: names, URLs (served on 127.0.0.1 — no network here), storage
+URIs, prefixes, mismatches.
 
 Every checkpoint is written by the test itself; TORCH_HOME points into tmp_path so the torch hub cache
 that URLs are fetched into never outlives a test.
 """
 import functools
+import http.server
+import socket
+import threading
 import warnings
+
+import numpy as np
 
 import pytest
 import torch
@@ -67,14 +73,73 @@ def test_torchvision_resnet18_loads_into_resnet_ignoring_fc(tmp_path):
     assert torch.equal(built.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
 
 
-def test_file_url_goes_through_the_hub_cache(tmp_path, hub_cache):
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A folder served over HTTP on 127.0.0.1 (yields (folder, base URL)); counts the GET requests."""
+    root = tmp_path / "served"
+    root.mkdir()
+    gets = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            gets.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    for var in ("no_proxy", "NO_PROXY"):  # a proxy from the environment must not intercept loopback
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", gets
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_url_goes_through_the_hub_cache_once(tmp_path, hub_cache, http_root):
+    root, base, gets = http_root
+    state, path = torchvision_resnet18_file(root)
+    url = f"{base}/{path.name}"
+    model = build_backbone(dict(type="ResNet", depth=18, init_cfg=dict(type="Pretrained", checkpoint=url)))
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])
+    assert (hub_cache / path.name).is_file()
+    # load_from accepts the same URLs; the cached file is reused, not fetched again.
+    assert torch.equal(load_weights_file(url)["state_dict"]["bn1.weight"], state["bn1.weight"])
+    assert gets == [f"/{path.name}"]
+
+
+def test_file_uri_is_read_in_place(tmp_path, hub_cache):
     state, path = torchvision_resnet18_file(tmp_path)
     model = build_backbone(dict(type="ResNet", depth=18, init_cfg=dict(type="Pretrained",
                                                                       checkpoint=path.as_uri())))
     assert torch.equal(model.conv1.weight, state["conv1.weight"])
-    assert (hub_cache / path.name).is_file()
-    # load_from accepts the same URLs.
+    assert not hub_cache.exists()  # storage URIs are not copied into the download cache
     assert torch.equal(load_weights_file(path.as_uri())["state_dict"]["bn1.weight"], state["bn1.weight"])
+
+
+class HistoryBuffer:
+    """Stands in for mmengine's message-hub objects (unknown to the loader)."""
+
+    def __init__(self):
+        self.values = np.arange(3.0)
+
+
+def test_pretrained_from_an_mmseg_1x_checkpoint_uses_the_safe_reader(tmp_path):
+    """A whole MMSeg 1.x training checkpoint (message hub included) as a backbone's init_cfg."""
+    torch.manual_seed(4)
+    src = tiny_segmentor()
+    path = tmp_path / "iter_160000.pth"
+    torch.save({"state_dict": src.state_dict(), "message_hub": {"log_scalars": {"loss": HistoryBuffer()}},
+                "meta": {"dataset_meta": {"classes": ["a", "b", "c"]}}}, path)
+    with pytest.warns(UserWarning, match="non-tensor"):
+        backbone = build_backbone(dict(type="ResNetV1c", depth=18, base_channels=8, stem_channels=8,
+                                       init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="backbone.")))
+    assert torch.equal(backbone.stem[0].weight, src.backbone.stem[0].weight)
 
 
 # --- names -----------------------------------------------------------------------------------------------------
@@ -94,21 +159,32 @@ def test_open_mmlab_and_torchvision_names_resolve_without_downloading():
         resolve_checkpoint_url("open-mmlab://resnet51_v1c")
     with pytest.raises(ConfigError, match="notamodel"):
         resolve_checkpoint_url("torchvision://notamodel")
-    with pytest.raises(ConfigError, match="s3://"):
-        resolve_checkpoint_url("s3://bucket/w.pth")
+    assert resolve_checkpoint_url("s3://bucket/w.pth") is None  # storage URIs are read in place, not downloaded
+    assert resolve_checkpoint_url("file:///tmp/w.pth") is None
+    with pytest.raises(ConfigError, match="s3://"):  # the error lists what is accepted
+        resolve_checkpoint_url("ftp://host/w.pth")
 
 
-def test_unreachable_url_is_a_checkpoint_error_naming_it():
-    url = "file:///nonexistent/weights.pth"
-    with pytest.raises(CheckpointError, match="file:///nonexistent/weights.pth") as info:
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_url_is_a_checkpoint_error_naming_it(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    url = f"http://127.0.0.1:{closed_port()}/weights.pth"
+    with pytest.raises(CheckpointError, match=url) as info:
         load_pretrained(build_backbone(dict(type="ResNet", depth=18)), url)
     assert "local path" in str(info.value)
-    with pytest.raises(CheckpointError, match="file:///nonexistent/weights.pth"):
+    with pytest.raises(CheckpointError, match=url):
         load_weights_file(url)
+    with pytest.raises(CheckpointError, match="file:///nonexistent/weights.pth"):
+        load_weights_file("file:///nonexistent/weights.pth")
 
 
-def test_missing_local_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="not a local file"):
+def test_missing_local_file_is_a_checkpoint_error_naming_it(tmp_path):
+    with pytest.raises(CheckpointError, match="not found.*nope.pth"):
         load_pretrained(build_backbone(dict(type="ResNet", depth=18)), str(tmp_path / "nope.pth"))
 
 

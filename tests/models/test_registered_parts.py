@@ -13,6 +13,7 @@ import yaml
 
 from rayseg.errors import CheckpointError, ConfigError
 from rayseg.models import build_backbone, build_head, build_segmentor, uses_sync_bn
+from rayseg.models.backbones import BaseBackbone
 from rayseg.models.heads import BaseDecodeHead
 from rayseg.registry import BACKBONES, HEADS, MODELS
 
@@ -135,20 +136,53 @@ def test_zero_init_residual():
     assert (net.layer1[0].bn2.weight == 1).all()
 
 
-def test_norm_eval_keeps_bn_stats_frozen():
-    net = build_backbone(dict(type="ResNetV1c", depth=18, base_channels=8, stem_channels=8, norm_eval=True))
+def _running_stats(net):
+    return {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BACKBONES))
+def test_backbone_base_norm_eval_and_init_cfg(name, tmp_path):
+    """Every backbone shares BaseBackbone: ``norm_eval`` keeps BatchNorm statistics frozen in train mode,
+    ``init_cfg: {type: Pretrained}`` / ``pretrained`` load weights, and giving both is refused."""
+    cfg = TINY_BACKBONES[name][0]
+    x = torch.randn(2, 3, 64, 64) * 3 + 1
+    net = build_backbone(dict(copy.deepcopy(cfg), norm_eval=True))
+    assert isinstance(net, BaseBackbone) and net.norm_eval
     net.train()
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
-    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
-    sum(o.mean() for o in net(torch.randn(2, 3, 32, 32) * 3 + 1)).backward()
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items() if "running" in k)
-    assert net.layer1[0].conv1.weight.grad is not None and net.training
-    # Without norm_eval the statistics move.
-    net = build_backbone(dict(type="ResNetV1c", depth=18, base_channels=8, stem_channels=8))
-    before = net.stem[1].running_mean.clone()
-    net.train()(torch.randn(2, 3, 32, 32) + 1)
-    assert not torch.equal(before, net.stem[1].running_mean)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert net.training and all(not m.training for m in bns)
+    before = _running_stats(net)
+    sum(o.mean() for o in net(x)).backward()
+    assert all(torch.equal(before[k], v) for k, v in _running_stats(net).items())
+    assert any(p.grad is not None for p in net.parameters())
+    # Without norm_eval the statistics move (every backbone but the LayerNorm-only MiT has BatchNorms).
+    plain = build_backbone(copy.deepcopy(cfg)).train()
+    assert bool(bns) == (name != "MixVisionTransformer")
+    before = _running_stats(plain)
+    plain(x)
+    assert all(not torch.equal(before[k], v) for k, v in _running_stats(plain).items() if "running_mean" in k)
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {"backbone." + k: v for k, v in plain.state_dict().items()}}, path)
+    pretrained = dict(type="Pretrained", checkpoint=str(path), prefix="backbone.")
+    loaded = build_backbone(dict(copy.deepcopy(cfg), init_cfg=pretrained))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with pytest.raises(ConfigError, match="either pretrained or init_cfg"):
+        build_backbone(dict(copy.deepcopy(cfg), pretrained=str(path), init_cfg=pretrained))
+
+
+def test_resnet_variants_are_class_defaults():
+    """V1c/V1d differ from ResNet only in the DEEP_STEM / AVG_DOWN class attributes."""
+    v1c = build_backbone(dict(type="ResNetV1c", depth=18, base_channels=8, stem_channels=8))
+    v1d = build_backbone(dict(type="ResNetV1d", depth=18, base_channels=8, stem_channels=8))
+    plain = build_backbone(dict(type="ResNet", depth=18, base_channels=8, stem_channels=8))
+    assert (v1c.deep_stem, v1c.avg_down, v1d.deep_stem, v1d.avg_down) == (True, False, True, True)
+    assert hasattr(v1c, "stem") and not hasattr(plain, "stem") and hasattr(plain, "conv1")
+    assert isinstance(v1d.layer2[0].downsample[0], nn.AvgPool2d)
+    assert not isinstance(v1c.layer2[0].downsample[0], nn.AvgPool2d)
+    same = build_backbone(dict(type="ResNet", depth=18, base_channels=8, stem_channels=8, deep_stem=True,
+                               avg_down=True))
+    assert same.state_dict().keys() == v1d.state_dict().keys()
 
 
 def test_frozen_stages_and_norm_requires_grad():

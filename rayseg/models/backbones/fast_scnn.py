@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 
 from rayseg.errors import ConfigError
+from rayseg.models.backbones.base import BaseBackbone
 from rayseg.models.backbones.mobilenet_v2 import InvertedResidual
 from rayseg.models.heads.psp_head import PPM
 from rayseg.models.heads._sep_conv import DepthwiseSeparableConvModule
-from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_init_weights, resize
+from rayseg.models.utils import ConvModule, resize
 from rayseg.registry import BACKBONES
 
 
@@ -87,7 +88,7 @@ class FeatureFusionModule(nn.Module):
 
 
 @BACKBONES.register()
-class FastSCNN(nn.Module):
+class FastSCNN(BaseBackbone):
     """Fast-SCNN (MMSeg arguments): a shallow learning-to-downsample branch (1/8) fused with a deep, cheap
     global branch (1/32). ``out_indices`` picks from (higher-res 1/8, lower-res 1/32, fused 1/8).
 
@@ -101,9 +102,9 @@ class FastSCNN(nn.Module):
                  higher_in_channels: int = 64, lower_in_channels: int = 128, fusion_out_channels: int = 128,
                  out_indices: Sequence[int] = (0, 1, 2), conv_cfg: Optional[Dict] = None,
                  norm_cfg: Optional[Dict] = dict(type="BN"), act_cfg: Optional[Dict] = dict(type="ReLU"),
-                 align_corners: bool = False, dw_act_cfg: Optional[Dict] = None, pretrained: Optional[str] = None,
-                 init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__()
+                 align_corners: bool = False, dw_act_cfg: Optional[Dict] = None, norm_eval: bool = False,
+                 pretrained: Optional[str] = None, init_cfg: Optional[Dict[str, Any]] = None):
+        super().__init__(norm_eval=norm_eval, pretrained=pretrained, init_cfg=init_cfg)
         if global_in_channels != higher_in_channels:
             raise ConfigError(f"FastSCNN: global_in_channels ({global_in_channels}) must equal higher_in_channels "
                               f"({higher_in_channels})")
@@ -115,10 +116,7 @@ class FastSCNN(nn.Module):
         out_indices = tuple(out_indices)
         if not out_indices or not all(-3 <= i < 3 for i in out_indices):
             raise ConfigError(f"FastSCNN: out_indices {out_indices} must index (higher, lower, fusion)")
-        if pretrained is not None and init_cfg is not None:
-            raise ConfigError("FastSCNN: give either pretrained or init_cfg, not both")
         self.out_indices, self.align_corners = out_indices, align_corners
-        self.pretrained, self.init_cfg = pretrained, init_cfg
         self.learning_to_downsample = LearningToDownsample(in_channels, tuple(downsample_dw_channels),
                                                            global_in_channels, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                                                            act_cfg=act_cfg, dw_act_cfg=dw_act_cfg)
@@ -132,15 +130,6 @@ class FastSCNN(nn.Module):
         all_channels = (global_in_channels, global_out_channels, fusion_out_channels)
         self.out_channels = tuple(all_channels[i] for i in out_indices)
         self.init_weights()
-
-    def init_weights(self) -> None:
-        """MMSeg's default (Kaiming convs, unit norms), or load local weights."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_init(m)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                constant_init(m, 1)
-        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         higher = self.learning_to_downsample(x)

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import build_activation_layer, build_norm_layer, load_init_weights
+from rayseg.models.backbones.base import BaseBackbone
+from rayseg.models.utils import build_activation_layer, build_norm_layer
 from rayseg.registry import BACKBONES
 
 
@@ -147,7 +148,7 @@ class TransformerEncoderLayer(nn.Module):
 
 
 @BACKBONES.register()
-class MixVisionTransformer(nn.Module):
+class MixVisionTransformer(BaseBackbone):
     """SegFormer's hierarchical encoder (MMSeg arguments); returns a tuple of NCHW maps at strides 4/8/16/32.
 
     Stage ``i`` has ``embed_dims * num_heads[i]`` channels (MiT-B0: 32, 64, 160, 256). ``drop_path_rate`` grows
@@ -161,8 +162,8 @@ class MixVisionTransformer(nn.Module):
                  mlp_ratio: int = 4, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, act_cfg: Dict[str, Any] = dict(type="GELU"),
                  norm_cfg: Dict[str, Any] = dict(type="LN", eps=1e-6), pretrained: Optional[str] = None,
-                 init_cfg: Optional[Dict[str, Any]] = None, with_cp: bool = False):
-        super().__init__()
+                 init_cfg: Optional[Dict[str, Any]] = None, with_cp: bool = False, norm_eval: bool = False):
+        super().__init__(norm_eval=norm_eval, pretrained=pretrained, init_cfg=init_cfg)
         num_layers, num_heads = tuple(num_layers), tuple(num_heads)
         patch_sizes, strides, sr_ratios = tuple(patch_sizes), tuple(strides), tuple(sr_ratios)
         out_indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
@@ -172,10 +173,7 @@ class MixVisionTransformer(nn.Module):
                               f"need {num_stages} entries each (num_stages)")
         if not out_indices or not all(0 <= i < num_stages for i in out_indices):
             raise ConfigError(f"MixVisionTransformer: out_indices {out_indices} must lie in 0..{num_stages - 1}")
-        if pretrained is not None and init_cfg is not None:
-            raise ConfigError("MixVisionTransformer: give either pretrained or init_cfg, not both")
         self.out_indices = out_indices
-        self.pretrained, self.init_cfg = pretrained, init_cfg
         dpr = torch.linspace(0, drop_path_rate, sum(num_layers)).tolist()  # stochastic depth decay rule
         self.layers = nn.ModuleList()
         cur, dims = 0, in_channels
@@ -194,8 +192,8 @@ class MixVisionTransformer(nn.Module):
         self.out_channels = tuple(embed_dims * num_heads[i] for i in out_indices)
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """MMSeg's init (trunc-normal Linear, unit LayerNorm, He-normal convs), or load local weights."""
+    def _init_layers(self) -> None:
+        """MMSeg's MiT init: trunc-normal Linear, unit LayerNorm, He-normal (fan_out) convs."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -209,7 +207,6 @@ class MixVisionTransformer(nn.Module):
                 nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []

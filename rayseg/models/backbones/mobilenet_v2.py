@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import ConvModule, constant_init, kaiming_init, load_init_weights
+from rayseg.models.backbones.base import BaseBackbone
+from rayseg.models.utils import ConvModule
 from rayseg.registry import BACKBONES
 
 
@@ -67,7 +68,7 @@ class InvertedResidual(nn.Module):
 
 
 @BACKBONES.register()
-class MobileNetV2(nn.Module):
+class MobileNetV2(BaseBackbone):
     """MobileNetV2 (MMSeg arguments). ``forward`` returns a tuple of the ``out_indices`` stage outputs.
 
     Stages (expand ratio, channels, blocks): (1,16,1) (6,24,2) (6,32,3) (6,64,4) (6,96,3) (6,160,3) (6,320,1),
@@ -82,7 +83,7 @@ class MobileNetV2(nn.Module):
                  frozen_stages: int = -1, conv_cfg: Optional[Dict] = None, norm_cfg: Optional[Dict] = dict(type="BN"),
                  act_cfg: Optional[Dict] = dict(type="ReLU6"), norm_eval: bool = False, with_cp: bool = False,
                  pretrained: Optional[str] = None, init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__()
+        super().__init__(norm_eval=norm_eval, pretrained=pretrained, init_cfg=init_cfg)
         strides, dilations, out_indices = tuple(strides), tuple(dilations), tuple(out_indices)
         n = len(self.arch_settings)
         if len(strides) != n or len(dilations) != n:
@@ -91,10 +92,7 @@ class MobileNetV2(nn.Module):
             raise ConfigError(f"MobileNetV2: out_indices {out_indices} must lie in 0..{n - 1}")
         if not -1 <= frozen_stages < n:
             raise ConfigError(f"MobileNetV2: frozen_stages must be in -1..{n - 1}, got {frozen_stages}")
-        if pretrained is not None and init_cfg is not None:
-            raise ConfigError("MobileNetV2: give either pretrained or init_cfg, not both")
-        self.out_indices, self.frozen_stages, self.norm_eval = out_indices, frozen_stages, norm_eval
-        self.pretrained, self.init_cfg = pretrained, init_cfg
+        self.out_indices, self.frozen_stages = out_indices, frozen_stages
 
         in_channels = make_divisible(32 * widen_factor, 8)
         self.conv1 = ConvModule(3, in_channels, 3, stride=2, padding=1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
@@ -118,42 +116,13 @@ class MobileNetV2(nn.Module):
         self.init_weights()
         self._freeze_stages()
 
-    def init_weights(self) -> None:
-        """MMSeg's default (Kaiming convs, unit norms), or load local weights."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_init(m)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                constant_init(m, 1)
-        load_init_weights(self, self.pretrained, self.init_cfg)
-
     def _freeze_stages(self) -> None:
         # As MMSeg: the stem's parameters are frozen (its BN statistics still update), and frozen
         # stages are put in eval mode as well.
         if self.frozen_stages >= 0:
             for param in self.conv1.parameters():
                 param.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            layer = getattr(self, f"layer{i}")
-            layer.eval()
-            for param in layer.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> "MobileNetV2":
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, all BatchNorms) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        self._freeze(*(getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        x = self.conv1(x)
-        outs = []
-        for i, name in enumerate(self.layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self._forward_stages(self.conv1(x), self.layers)

@@ -13,11 +13,45 @@ import torch
 import torch.nn as nn
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import build_conv_layer, build_norm_layer, constant_init, kaiming_init, load_init_weights
+from rayseg.models.backbones.base import BaseBackbone
+from rayseg.models.utils import build_conv_layer, build_norm_layer, constant_init
 from rayseg.registry import BACKBONES
 
 
-class BasicBlock(nn.Module):
+class _ResBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: ``conv{i}`` → ``norm{i}`` with ReLU between, the shortcut, a
+    final ReLU. Norms are named by type as in MMSeg (``bn1``…), reachable through ``norm{i}_name``."""
+
+    expansion = 1
+
+    def __init__(self, convs: Sequence[nn.Module], channels: Sequence[int], norm_cfg: Dict,
+                 downsample: Optional[nn.Module]):
+        super().__init__()
+        # Registered conv1, bn1, conv2, bn2, … as MMSeg does, so module order (and init order) is unchanged.
+        for i, (conv, num_features) in enumerate(zip(convs, channels), start=1):
+            setattr(self, f"conv{i}", conv)
+            name, norm = build_norm_layer(norm_cfg, num_features, postfix=i)
+            setattr(self, f"norm{i}_name", name)
+            self.add_module(name, norm)
+        self.num_convs = len(convs)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return getattr(self, getattr(self, f"norm{self.num_convs}_name"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for i in range(1, self.num_convs + 1):
+            out = getattr(self, getattr(self, f"norm{i}_name"))(getattr(self, f"conv{i}")(out))
+            if i < self.num_convs:
+                out = self.relu(out)
+        return self.relu(out + identity)
+
+
+class BasicBlock(_ResBlock):
     """Two 3×3 convs (ResNet-18/34). Only the first conv is dilated, as in MMSeg."""
 
     expansion = 1
@@ -25,29 +59,13 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: Optional[nn.Module] = None, style: str = "pytorch",
                  conv_cfg: Optional[Dict] = None, norm_cfg: Dict = dict(type="BN")):
-        super().__init__()
-        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
-        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
-        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride, padding=dilation,
-                                      dilation=dilation, bias=False)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, padding=1, bias=False)
-        self.add_module(self.norm2_name, norm2)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return getattr(self, self.norm2_name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = getattr(self, self.norm2_name)(self.conv2(out))
-        return self.relu(out + identity)
+        convs = [build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation,
+                                  bias=False),
+                 build_conv_layer(conv_cfg, planes, planes, 3, padding=1, bias=False)]
+        super().__init__(convs, (planes, planes), norm_cfg, downsample)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResBlock):
     """1×1 → 3×3 → 1×1 block (ResNet-50/101). ``style='pytorch'`` strides the 3×3, ``'caffe'`` the first 1×1."""
 
     expansion = 4
@@ -55,31 +73,12 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: Optional[nn.Module] = None, style: str = "pytorch",
                  conv_cfg: Optional[Dict] = None, norm_cfg: Dict = dict(type="BN")):
-        super().__init__()
         conv1_stride, conv2_stride = (1, stride) if style == "pytorch" else (stride, 1)
-        self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
-        self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
-        self.norm3_name, norm3 = build_norm_layer(norm_cfg, planes * self.expansion, postfix=3)
-        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 1, stride=conv1_stride, bias=False)
-        self.add_module(self.norm1_name, norm1)
-        self.conv2 = build_conv_layer(conv_cfg, planes, planes, 3, stride=conv2_stride, padding=dilation,
-                                      dilation=dilation, bias=False)
-        self.add_module(self.norm2_name, norm2)
-        self.conv3 = build_conv_layer(conv_cfg, planes, planes * self.expansion, 1, bias=False)
-        self.add_module(self.norm3_name, norm3)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return getattr(self, self.norm3_name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        out = self.relu(getattr(self, self.norm2_name)(self.conv2(out)))
-        out = getattr(self, self.norm3_name)(self.conv3(out))
-        return self.relu(out + identity)
+        convs = [build_conv_layer(conv_cfg, inplanes, planes, 1, stride=conv1_stride, bias=False),
+                 build_conv_layer(conv_cfg, planes, planes, 3, stride=conv2_stride, padding=dilation,
+                                  dilation=dilation, bias=False),
+                 build_conv_layer(conv_cfg, planes, planes * self.expansion, 1, bias=False)]
+        super().__init__(convs, (planes, planes, planes * self.expansion), norm_cfg, downsample)
 
 
 def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, dilation: int,
@@ -116,13 +115,17 @@ def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, str
 
 
 @BACKBONES.register()
-class ResNet(nn.Module):
+class ResNet(BaseBackbone):
     """ResNet backbone (MMSeg arguments). ``forward`` returns a tuple of the ``out_indices`` stage outputs.
 
     D8 (output stride 8): ``strides=(1, 2, 1, 1)``, ``dilations=(1, 1, 2, 4)``. ``norm_eval`` keeps every
     BatchNorm in eval mode during ``train()`` (frozen statistics); ``frozen_stages`` freezes the stem
-    and the first stages. ``multi_grid`` sets per-block dilations of the last stage.
+    and the first stages. ``multi_grid`` sets per-block dilations of the last stage. ``deep_stem`` and
+    ``avg_down`` default to the class's ``DEEP_STEM`` / ``AVG_DOWN`` (what makes V1c and V1d).
     """
+
+    DEEP_STEM = False
+    AVG_DOWN = False
 
     arch_settings = {
         18: (BasicBlock, (2, 2, 2, 2)),
@@ -134,13 +137,13 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int, in_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
                  num_stages: int = 4, strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch", deep_stem: bool = False,
-                 avg_down: bool = False, frozen_stages: int = -1, conv_cfg: Optional[Dict] = None,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch", deep_stem: Optional[bool] = None,
+                 avg_down: Optional[bool] = None, frozen_stages: int = -1, conv_cfg: Optional[Dict] = None,
                  norm_cfg: Dict = dict(type="BN", requires_grad=True), norm_eval: bool = False,
                  contract_dilation: bool = False, zero_init_residual: bool = True,
                  multi_grid: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
                  init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__()
+        super().__init__(norm_eval=norm_eval, pretrained=pretrained, init_cfg=init_cfg)
         if depth not in self.arch_settings:
             raise ConfigError(f"ResNet: invalid depth {depth!r}; choose one of {sorted(self.arch_settings)}")
         if not 1 <= num_stages <= 4:
@@ -152,12 +155,10 @@ class ResNet(nn.Module):
             raise ConfigError(f"ResNet: out_indices {out_indices} must lie in 0..{num_stages - 1}")
         if style not in ("pytorch", "caffe"):
             raise ConfigError(f"ResNet: style must be 'pytorch' or 'caffe', got {style!r}")
-        if pretrained is not None and init_cfg is not None:
-            raise ConfigError("ResNet: give either pretrained or init_cfg, not both")
         self.depth, self.out_indices, self.style = depth, out_indices, style
-        self.deep_stem, self.avg_down, self.frozen_stages = deep_stem, avg_down, frozen_stages
-        self.norm_cfg, self.norm_eval, self.zero_init_residual = norm_cfg, norm_eval, zero_init_residual
-        self.pretrained, self.init_cfg = pretrained, init_cfg
+        self.deep_stem = self.DEEP_STEM if deep_stem is None else bool(deep_stem)
+        self.avg_down = self.AVG_DOWN if avg_down is None else bool(avg_down)
+        self.frozen_stages, self.norm_cfg, self.zero_init_residual = frozen_stages, norm_cfg, zero_init_residual
         self.block, stage_blocks = self.arch_settings[depth]
         self._make_stem(in_channels, stem_channels, conv_cfg, norm_cfg)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -167,7 +168,7 @@ class ResNet(nn.Module):
         for i, num_blocks in enumerate(stage_blocks[:num_stages]):
             planes = base_channels * 2 ** i
             layer = make_res_layer(self.block, inplanes, planes, num_blocks, stride=strides[i],
-                                   dilation=dilations[i], style=style, avg_down=avg_down, conv_cfg=conv_cfg,
+                                   dilation=dilations[i], style=style, avg_down=self.avg_down, conv_cfg=conv_cfg,
                                    norm_cfg=norm_cfg, contract_dilation=contract_dilation,
                                    multi_grid=multi_grid if i == num_stages - 1 else None)
             inplanes = planes * self.block.expansion
@@ -196,52 +197,27 @@ class ResNet(nn.Module):
             self.add_module(self.norm1_name, norm1)
             self.relu = nn.ReLU(inplace=True)
 
-    def init_weights(self) -> None:
-        """MMSeg's default init (Kaiming convs, unit norms, zeroed last norm per block), or load weights."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_init(m)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                constant_init(m, 1)
+    def _init_layers(self) -> None:
+        """MMSeg's default init plus, with ``zero_init_residual``, a zeroed last norm per block."""
+        super()._init_layers()
         if self.zero_init_residual:
             # Each residual block starts as identity, which helps early training.
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
+                if isinstance(m, _ResBlock):
                     constant_init(m.last_norm, 0)
-        load_init_weights(self, self.pretrained, self.init_cfg)
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
         stem = [self.stem] if self.deep_stem else [self.conv1, getattr(self, self.norm1_name)]
-        frozen = stem + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> "ResNet":
-        """Switch mode, keeping frozen stages (and, with ``norm_eval``, all BatchNorms) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        self._freeze(*stem, *(getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.deep_stem:
             x = self.stem(x)
         else:
             x = self.relu(getattr(self, self.norm1_name)(self.conv1(x)))
-        x = self.maxpool(x)
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self._forward_stages(self.maxpool(x), self.res_layers)
 
 
 # MMSeg's docs call the plain torchvision-layout ResNet (stride on the 3×3 conv) "ResNetV1b"; accept
@@ -253,35 +229,12 @@ BACKBONES.register("ResNetV1b")(ResNet)
 class ResNetV1c(ResNet):
     """ResNet with the deep stem (three 3×3 convs) — MMSeg's default segmentation backbone."""
 
-    def __init__(self, depth: int, in_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
-                 num_stages: int = 4, strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch", frozen_stages: int = -1,
-                 conv_cfg: Optional[Dict] = None, norm_cfg: Dict = dict(type="BN", requires_grad=True),
-                 norm_eval: bool = False, contract_dilation: bool = False, zero_init_residual: bool = True,
-                 multi_grid: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
-                 init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__(depth=depth, in_channels=in_channels, stem_channels=stem_channels,
-                         base_channels=base_channels, num_stages=num_stages, strides=strides, dilations=dilations,
-                         out_indices=out_indices, style=style, deep_stem=True, avg_down=False,
-                         frozen_stages=frozen_stages, conv_cfg=conv_cfg, norm_cfg=norm_cfg, norm_eval=norm_eval,
-                         contract_dilation=contract_dilation, zero_init_residual=zero_init_residual,
-                         multi_grid=multi_grid, pretrained=pretrained, init_cfg=init_cfg)
+    DEEP_STEM = True
 
 
 @BACKBONES.register()
 class ResNetV1d(ResNet):
     """ResNetV1c plus average-pool downsampling in the shortcut (``avg_down``)."""
 
-    def __init__(self, depth: int, in_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
-                 num_stages: int = 4, strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = "pytorch", frozen_stages: int = -1,
-                 conv_cfg: Optional[Dict] = None, norm_cfg: Dict = dict(type="BN", requires_grad=True),
-                 norm_eval: bool = False, contract_dilation: bool = False, zero_init_residual: bool = True,
-                 multi_grid: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
-                 init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__(depth=depth, in_channels=in_channels, stem_channels=stem_channels,
-                         base_channels=base_channels, num_stages=num_stages, strides=strides, dilations=dilations,
-                         out_indices=out_indices, style=style, deep_stem=True, avg_down=True,
-                         frozen_stages=frozen_stages, conv_cfg=conv_cfg, norm_cfg=norm_cfg, norm_eval=norm_eval,
-                         contract_dilation=contract_dilation, zero_init_residual=zero_init_residual,
-                         multi_grid=multi_grid, pretrained=pretrained, init_cfg=init_cfg)
+    DEEP_STEM = True
+    AVG_DOWN = True

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from rayseg.errors import ConfigError
-from rayseg.models.utils import (ConvModule, build_activation_layer, build_norm_layer, constant_init, kaiming_init,
-                                 load_init_weights, resize)
+from rayseg.models.backbones.base import BaseBackbone
+from rayseg.models.utils import ConvModule, build_activation_layer, build_norm_layer, resize
 from rayseg.registry import BACKBONES
 
 
@@ -139,7 +139,7 @@ class UpConvBlock(nn.Module):
 
 
 @BACKBONES.register()
-class UNet(nn.Module):
+class UNet(BaseBackbone):
     """U-Net (MMSeg arguments). Stage ``i`` has ``base_channels * 2**i`` channels; stage ``i > 0`` halves the
     resolution with a strided conv (``strides[i] == 2``) or a 2×2 max-pool (``downsamples[i-1]``).
 
@@ -155,11 +155,9 @@ class UNet(nn.Module):
                  act_cfg: Optional[Dict] = dict(type="ReLU"), upsample_cfg: Dict[str, Any] = dict(type="InterpConv"),
                  norm_eval: bool = False, dcn: Any = None, plugins: Any = None, pretrained: Optional[str] = None,
                  init_cfg: Optional[Dict[str, Any]] = None):
-        super().__init__()
+        super().__init__(norm_eval=norm_eval, pretrained=pretrained, init_cfg=init_cfg)
         if dcn is not None or plugins is not None:
             raise ConfigError("UNet: dcn and plugins are not implemented (MMSeg does not implement them either)")
-        if pretrained is not None and init_cfg is not None:
-            raise ConfigError("UNet: give either pretrained or init_cfg, not both")
         for name, value, n in (("strides", strides, num_stages), ("enc_num_convs", enc_num_convs, num_stages),
                                ("enc_dilations", enc_dilations, num_stages),
                                ("dec_num_convs", dec_num_convs, num_stages - 1),
@@ -170,8 +168,7 @@ class UNet(nn.Module):
         if any(s not in (1, 2) for s in strides):
             raise ConfigError(f"UNet: strides must be 1 or 2, got {tuple(strides)}")
         self.num_stages, self.strides, self.downsamples = num_stages, tuple(strides), tuple(downsamples)
-        self.norm_eval, self.base_channels = norm_eval, base_channels
-        self.pretrained, self.init_cfg = pretrained, init_cfg
+        self.base_channels = base_channels
 
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -193,15 +190,6 @@ class UNet(nn.Module):
             in_channels = base_channels * 2 ** i
         self.out_channels = tuple(base_channels * 2 ** i for i in reversed(range(num_stages)))
         self.init_weights()
-
-    def init_weights(self) -> None:
-        """MMSeg's default (Kaiming convs, unit norms), or load local weights."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming_init(m)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                constant_init(m, 1)
-        load_init_weights(self, self.pretrained, self.init_cfg)
 
     @property
     def downsample_rate(self) -> int:
@@ -227,12 +215,3 @@ class UNet(nn.Module):
             x = self.decoder[i](enc_outs[i], x)
             dec_outs.append(x)
         return tuple(dec_outs)
-
-    def train(self, mode: bool = True) -> "UNet":
-        """Switch mode; with ``norm_eval`` every BatchNorm stays in eval mode (frozen statistics)."""
-        super().train(mode)
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self

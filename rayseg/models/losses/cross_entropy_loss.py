@@ -3,8 +3,11 @@
 The rules differ from ``torch.nn.CrossEntropyLoss`` on purpose (results must match MMSeg):
 - ``reduction='mean'`` without ``avg_non_ignore`` divides by ALL pixels; ignored ones add 0.
 - with ``avg_non_ignore`` it divides by the number of non-ignored pixels.
-- ``class_weight`` scales each pixel's term but never enters the denominator (torch's weighted
-  mean divides by the sum of weights instead).
+- ``class_weight`` scales each pixel's term. What it does to the denominator is ``class_weight_norm``:
+  ``"weighted"`` (default, MMSeg 1.x and torch's weighted mean) divides by the sum of
+  ``class_weight[label]`` over the valid pixels, with or without ``avg_non_ignore``; ``"pixels"`` (MMSeg
+  0.x) keeps the pixel count of the two rules above. MMSeg 1.2.2 raises IndexError when a weighted batch
+  holds ignored pixels; we apply its rule over the valid pixels. See docs/models.md.
 """
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
+from rayseg.models.losses.base import BaseLoss
 from rayseg.registry import LOSSES
 
 _EPS = torch.finfo(torch.float32).eps
@@ -60,15 +63,23 @@ def weight_reduce_loss(loss: torch.Tensor, weight: Optional[torch.Tensor] = None
     return loss
 
 
+CLASS_WEIGHT_NORMS = ("weighted", "pixels")
+
+
 def cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   class_weight: Optional[torch.Tensor] = None, reduction: str = "mean",
                   avg_factor: Optional[float] = None, ignore_index: int = -100,
-                  avg_non_ignore: bool = False) -> torch.Tensor:
+                  avg_non_ignore: bool = False, class_weight_norm: str = "weighted") -> torch.Tensor:
     """Softmax CE with MMSeg's reduction (see module docstring)."""
     # reduction='none' gives per-pixel terms already scaled by class_weight[label], 0 where ignored.
     loss = F.cross_entropy(pred, label, weight=class_weight, reduction="none", ignore_index=ignore_index)
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = label.numel() - (label == ignore_index).sum().item()
+    if avg_factor is None and reduction == "mean":
+        valid = label != ignore_index
+        if class_weight is not None and class_weight_norm == "weighted":
+            # MMSeg 1.x: sum of class_weight[label]; the per-pixel ``weight`` (a sampler's) does not enter it.
+            avg_factor = class_weight[label[valid]].sum()  # a tensor: no device sync
+        elif avg_non_ignore:
+            avg_factor = valid.sum().item()
     if weight is not None:
         weight = weight.float()
     return weight_reduce_loss(loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
@@ -124,7 +135,7 @@ def binary_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Option
 
 
 @LOSSES.register()
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(BaseLoss):
     """Cross-entropy loss with MMSeg's arguments and averaging rules.
 
     Args:
@@ -135,40 +146,36 @@ class CrossEntropyLoss(nn.Module):
         loss_weight: factor applied to the result.
         loss_name: key of this term in the loss dict; must start with ``loss_`` to be optimised.
         avg_non_ignore: average over non-ignored pixels instead of all pixels.
+        class_weight_norm: with ``class_weight`` and softmax CE, the denominator of the mean:
+            ``"weighted"`` (default; MMSeg 1.x, torch) the sum of ``class_weight[label]`` over the valid
+            pixels, ``"pixels"`` (MMSeg 0.x) the pixel count (all pixels, or the valid ones with
+            ``avg_non_ignore``). No effect without class weights or with ``use_sigmoid``.
     """
 
     def __init__(self, use_sigmoid: bool = False, use_mask: bool = False, reduction: str = "mean",
                  class_weight: Union[None, str, Sequence[float]] = None, loss_weight: float = 1.0,
-                 loss_name: str = "loss_ce", avg_non_ignore: bool = False):
-        super().__init__()
+                 loss_name: str = "loss_ce", avg_non_ignore: bool = False, class_weight_norm: str = "weighted"):
+        super().__init__(reduction=reduction, loss_weight=loss_weight, loss_name=loss_name)
         if use_mask:
             raise ConfigError("CrossEntropyLoss: use_mask (MMDet mask CE) is not supported in semantic segmentation")
-        if reduction not in ("none", "mean", "sum"):
-            raise ConfigError(f"CrossEntropyLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        if class_weight_norm not in CLASS_WEIGHT_NORMS:
+            raise ConfigError(f"CrossEntropyLoss: class_weight_norm must be one of {CLASS_WEIGHT_NORMS}, "
+                              f"got {class_weight_norm!r}")
         self.use_sigmoid, self.use_mask = bool(use_sigmoid), bool(use_mask)
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
         self.class_weight = get_class_weight(class_weight)
         self.avg_non_ignore = bool(avg_non_ignore)
+        self.class_weight_norm = class_weight_norm
         self.cls_criterion = binary_cross_entropy if self.use_sigmoid else cross_entropy
-        self._loss_name = loss_name
 
     def extra_repr(self) -> str:
-        return f"use_sigmoid={self.use_sigmoid}, avg_non_ignore={self.avg_non_ignore}, loss_weight={self.loss_weight}"
+        own = f"use_sigmoid={self.use_sigmoid}, avg_non_ignore={self.avg_non_ignore}"
+        return f"{own}, class_weight_norm={self.class_weight_norm!r}, {super().extra_repr()}"
 
-    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                ignore_index: int = 255, avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None) -> torch.Tensor:
+    def _loss(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor],
+              class_weight: Optional[torch.Tensor], ignore_index: int, avg_factor: Optional[float],
+              reduction: str) -> torch.Tensor:
         """Loss of logits ``cls_score`` (N,C,H,W) against ``label`` (N,H,W) long."""
-        if reduction_override not in (None, "none", "mean", "sum"):
-            raise ValueError(f"reduction_override {reduction_override!r}")
-        reduction = reduction_override or self.reduction
-        class_weight = cls_score.new_tensor(self.class_weight) if self.class_weight is not None else None
-        return self.loss_weight * self.cls_criterion(
+        extra = {} if self.use_sigmoid else {"class_weight_norm": self.class_weight_norm}
+        return self.cls_criterion(
             cls_score, label, weight, class_weight=class_weight, reduction=reduction, avg_factor=avg_factor,
-            ignore_index=ignore_index, avg_non_ignore=self.avg_non_ignore)
-
-    @property
-    def loss_name(self) -> str:
-        """Name of this term in the loss dict (terms with the same name are summed)."""
-        return self._loss_name
+            ignore_index=ignore_index, avg_non_ignore=self.avg_non_ignore, **extra)

@@ -20,15 +20,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
 from rayseg.models.losses.cross_entropy_loss import weight_reduce_loss
+from rayseg.models.losses.base import BaseLoss
 from rayseg.registry import LOSSES
-
-_REDUCTIONS = ("none", "mean", "sum")
-
 
 def expand_onehot_labels_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N,H,W) labels → (N,C,H,W) one-hot; a label outside [0, C) gives an all-zero row (MMSeg)."""
@@ -81,7 +78,7 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.T
 
 
 @LOSSES.register()
-class DiceLoss(nn.Module):
+class DiceLoss(BaseLoss):
     """Dice loss (`V-Net <https://arxiv.org/abs/1606.04797>`_), as MMSegmentation 1.x defines it.
 
     Args:
@@ -99,35 +96,24 @@ class DiceLoss(nn.Module):
     def __init__(self, use_sigmoid: bool = True, activate: bool = True, reduction: str = "mean",
                  naive_dice: bool = False, loss_weight: float = 1.0, ignore_index: Optional[int] = 255,
                  eps: float = 1e-3, loss_name: str = "loss_dice"):
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(f"DiceLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        super().__init__(reduction=reduction, loss_weight=loss_weight, loss_name=loss_name)
         if not isinstance(eps, (int, float)) or eps < 0:
             raise ConfigError(f"DiceLoss: eps must be a number >= 0, got {eps!r}")
-        if not isinstance(loss_name, str):
-            raise ConfigError(f"DiceLoss: loss_name must be a string, got {loss_name!r}")
         self.use_sigmoid, self.activate, self.naive_dice = bool(use_sigmoid), bool(activate), bool(naive_dice)
-        self.reduction = reduction
-        self.loss_weight = float(loss_weight)
         self.ignore_index = ignore_index
         self.eps = float(eps)
-        self._loss_name = loss_name
 
     def extra_repr(self) -> str:
-        return (f"use_sigmoid={self.use_sigmoid}, naive_dice={self.naive_dice}, eps={self.eps}, "
-                f"loss_weight={self.loss_weight}")
+        return f"use_sigmoid={self.use_sigmoid}, naive_dice={self.naive_dice}, eps={self.eps}, {super().extra_repr()}"
 
-    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                ignore_index: int = 255, avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None) -> torch.Tensor:
+    def _loss(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor],
+              class_weight: Optional[torch.Tensor], ignore_index: int, avg_factor: Optional[float],
+              reduction: str) -> torch.Tensor:
         """Loss of logits ``cls_score`` (N,C,H,W) against ``label`` (N,H,W) or a one-hot (N,C,H,W).
 
         ``ignore_index`` is accepted so every loss can be called alike; as in MMSeg the constructor's
         ``ignore_index`` is the one used (out-of-range labels never count as targets anyway).
         """
-        if reduction_override not in (None,) + _REDUCTIONS:
-            raise ValueError(f"reduction_override {reduction_override!r}")
-        reduction = reduction_override or self.reduction
         target = label if cls_score.shape == label.shape else expand_onehot_labels_dice(cls_score, label)
         pred = cls_score
         if self.activate:
@@ -136,11 +122,5 @@ class DiceLoss(nn.Module):
             elif pred.shape[1] != 1:
                 # A softmax over a single channel is constant 1, so MMSeg leaves one channel as is.
                 pred = pred.softmax(dim=1)
-        return self.loss_weight * dice_loss(pred, target, weight, eps=self.eps, reduction=reduction,
-                                            naive_dice=self.naive_dice, avg_factor=avg_factor,
-                                            ignore_index=self.ignore_index)
-
-    @property
-    def loss_name(self) -> str:
-        """Name of this term in the loss dict (terms with the same name are summed)."""
-        return self._loss_name
+        return dice_loss(pred, target, weight, eps=self.eps, reduction=reduction, naive_dice=self.naive_dice,
+                         avg_factor=avg_factor, ignore_index=self.ignore_index)

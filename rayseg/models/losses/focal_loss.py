@@ -8,22 +8,20 @@ p = sigmoid(logit):
                  · class_weight[c] · weight[i] · valid[i]
 
 ``reduction='mean'`` averages over all N·C·H·W terms, ignored pixels included (they add 0), exactly as
-MMSeg does; ``'none'`` returns the (N,C,H,W) map.
+MMSeg does; ``'none'`` returns the (N,C,H,W) map. The target is index labels (N,H,W) or, as in MMSeg, a
+float (N,C,H,W) target (one-hot or soft), used as t directly.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
 from rayseg.models.losses.cross_entropy_loss import get_class_weight, weight_reduce_loss
+from rayseg.models.losses.base import BaseLoss
 from rayseg.registry import LOSSES
-
-_REDUCTIONS = ("none", "mean", "sum")
-
 
 def py_sigmoid_focal_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                           gamma: float = 2.0, alpha: Union[float, torch.Tensor] = 0.5,
@@ -50,7 +48,7 @@ def py_sigmoid_focal_loss(pred: torch.Tensor, target: torch.Tensor, weight: Opti
 
 
 @LOSSES.register()
-class FocalLoss(nn.Module):
+class FocalLoss(BaseLoss):
     """Sigmoid focal loss with MMSeg's arguments and averaging.
 
     Args:
@@ -67,22 +65,15 @@ class FocalLoss(nn.Module):
     def __init__(self, use_sigmoid: bool = True, gamma: float = 2.0, alpha: Union[float, Sequence[float]] = 0.5,
                  reduction: str = "mean", class_weight: Union[None, str, Sequence[float]] = None,
                  loss_weight: float = 1.0, loss_name: str = "loss_focal"):
-        super().__init__()
+        super().__init__(reduction=reduction, loss_weight=loss_weight, loss_name=loss_name)
         if use_sigmoid is not True:
             raise ConfigError("FocalLoss: only the sigmoid focal loss is supported (use_sigmoid must be True)")
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(f"FocalLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
             raise ConfigError(f"FocalLoss: gamma must be a number, got {gamma!r}")
-        if not isinstance(loss_name, str):
-            raise ConfigError(f"FocalLoss: loss_name must be a string, got {loss_name!r}")
         self.use_sigmoid = True
         self.gamma = float(gamma)
         self.alpha: Union[float, List[float]] = self._check_alpha(alpha)
-        self.reduction = reduction
         self.class_weight = get_class_weight(class_weight)
-        self.loss_weight = float(loss_weight)
-        self._loss_name = loss_name
 
     @staticmethod
     def _check_alpha(alpha: Union[float, Sequence[float]]) -> Union[float, List[float]]:
@@ -98,45 +89,49 @@ class FocalLoss(nn.Module):
         return values[0] if isinstance(alpha, (int, float)) else values
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={self.alpha}, loss_weight={self.loss_weight}"
+        return f"gamma={self.gamma}, alpha={self.alpha}, {super().extra_repr()}"
 
-    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                ignore_index: int = 255, avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None) -> torch.Tensor:
-        """Loss of logits ``cls_score`` (N,C,*) against ``label`` (N,*) long; pixels == ignore_index weigh 0.
+    def _loss(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor],
+              class_weight: Optional[torch.Tensor], ignore_index: int, avg_factor: Optional[float],
+              reduction: str) -> torch.Tensor:
+        """Loss of logits ``cls_score`` (N,C,*) against index labels ``label`` (N,*) or, as MMSeg accepts,
+        a float target of the logits' own shape (N,C,*): one-hot, or soft (used as given).
 
-        ``weight`` is per pixel, shape (N,*) (e.g. from a pixel sampler) or (N·∏*,).
+        Index labels equal to ``ignore_index`` weigh 0; a (N,C,*) target has no ignored pixels (as in
+        MMSeg, where its argmax is never the ignore index). ``weight`` is per pixel, shape (N,*) (e.g. from
+        a pixel sampler) or (N·∏*,).
         """
-        if reduction_override not in (None,) + _REDUCTIONS:
-            raise ValueError(f"reduction_override {reduction_override!r}")
-        if not (cls_score.dim() >= 2 and cls_score.size(0) == label.size(0) and cls_score.shape[2:] == label.shape[1:]):
-            raise ValueError(f"FocalLoss: logits {tuple(cls_score.shape)} do not match labels {tuple(label.shape)}")
-        reduction = reduction_override or self.reduction
+        dense = label.shape == cls_score.shape
+        if not (dense or (cls_score.dim() >= 2 and cls_score.size(0) == label.size(0)
+                          and cls_score.shape[2:] == label.shape[1:])):
+            raise ValueError(f"FocalLoss: logits {tuple(cls_score.shape)} match neither index labels (N, *) nor "
+                             f"a target of their own shape; got {tuple(label.shape)}")
         original_shape = cls_score.shape
         num_classes = cls_score.size(1)
         # (N, C, *) -> (P, C) with pixels in (n, *) order, matching label.reshape(-1).
         pred = cls_score.movedim(1, -1).reshape(-1, num_classes)
-        target = label.reshape(-1).long()
-        valid_mask = target != ignore_index
-        # Ignored pixels get a placeholder class so one_hot works; valid_mask zeroes their terms.
-        target = torch.where(valid_mask, target, torch.zeros_like(target))
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-            raise ValueError(f"FocalLoss: labels must lie in [0, {num_classes}) or equal ignore_index {ignore_index}")
-        one_hot = F.one_hot(target, num_classes=num_classes)
-        if weight is not None and weight.numel() != target.numel():
-            raise ValueError(f"FocalLoss: weight shape {tuple(weight.shape)} does not match labels "
-                             f"{tuple(label.shape)}")
+        if dense:
+            target, valid_mask = label.movedim(1, -1).reshape(-1, num_classes), None
+        else:
+            target, valid_mask = self._one_hot(label.reshape(-1).long(), num_classes, ignore_index)
+        if weight is not None and weight.numel() != pred.size(0):
+            raise ValueError(f"FocalLoss: weight shape {tuple(weight.shape)} does not match the "
+                             f"{pred.size(0)} pixels of logits {tuple(original_shape)}")
         alpha = pred.new_tensor(self.alpha) if isinstance(self.alpha, list) else self.alpha
-        class_weight = pred.new_tensor(self.class_weight) if self.class_weight is not None else None
-        loss = self.loss_weight * py_sigmoid_focal_loss(
-            pred, one_hot, weight, gamma=self.gamma, alpha=alpha, class_weight=class_weight,
+        loss = py_sigmoid_focal_loss(
+            pred, target, weight, gamma=self.gamma, alpha=alpha, class_weight=class_weight,
             valid_mask=valid_mask, reduction=reduction, avg_factor=avg_factor)
         if reduction == "none":
             # (P, C) -> (N, *, C) -> (N, C, *)
             loss = loss.reshape(original_shape[0], *original_shape[2:], num_classes).movedim(-1, 1).contiguous()
         return loss
 
-    @property
-    def loss_name(self) -> str:
-        """Name of this term in the loss dict (terms with the same name are summed)."""
-        return self._loss_name
+    @staticmethod
+    def _one_hot(target: torch.Tensor, num_classes: int, ignore_index: int):
+        """Index labels (P,) → one-hot (P, C) and the valid-pixel mask (P,)."""
+        valid_mask = target != ignore_index
+        # Ignored pixels get a placeholder class so one_hot works; valid_mask zeroes their terms.
+        target = torch.where(valid_mask, target, torch.zeros_like(target))
+        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+            raise ValueError(f"FocalLoss: labels must lie in [0, {num_classes}) or equal ignore_index {ignore_index}")
+        return F.one_hot(target, num_classes=num_classes), valid_mask

@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
 from rayseg.models.losses.cross_entropy_loss import get_class_weight, weight_reduce_loss
+from rayseg.models.losses.base import BaseLoss
 from rayseg.registry import LOSSES
 
-_REDUCTIONS = ("none", "mean", "sum")
 Classes = Union[str, Sequence[int]]
 
 
@@ -129,7 +128,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, classes: Classes =
 
 
 @LOSSES.register()
-class LovaszLoss(nn.Module):
+class LovaszLoss(BaseLoss):
     """Lovász loss, a surrogate of the IoU (Jaccard) loss, with MMSeg's arguments.
 
     Args:
@@ -147,21 +146,14 @@ class LovaszLoss(nn.Module):
     def __init__(self, loss_type: str = "multi_class", classes: Classes = "present", per_image: bool = False,
                  reduction: str = "mean", class_weight: Union[None, str, Sequence[float]] = None,
                  loss_weight: float = 1.0, loss_name: str = "loss_lovasz"):
-        super().__init__()
+        super().__init__(reduction=reduction, loss_weight=loss_weight, loss_name=loss_name)
         if loss_type not in ("binary", "multi_class"):
             raise ConfigError(f"LovaszLoss: loss_type must be 'binary' or 'multi_class', got {loss_type!r}")
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(f"LovaszLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if not isinstance(loss_name, str):
-            raise ConfigError(f"LovaszLoss: loss_name must be a string, got {loss_name!r}")
         self.loss_type = loss_type
         self.cls_criterion = lovasz_hinge if loss_type == "binary" else lovasz_softmax
         self.classes = self._check_classes(classes)
         self.per_image = bool(per_image)
-        self.reduction = reduction
         self.class_weight = get_class_weight(class_weight)
-        self.loss_weight = float(loss_weight)
-        self._loss_name = loss_name
 
     @staticmethod
     def _check_classes(classes: Classes) -> Union[str, List[int]]:
@@ -174,17 +166,13 @@ class LovaszLoss(nn.Module):
                           f"got {classes!r}")
 
     def extra_repr(self) -> str:
-        return (f"loss_type={self.loss_type!r}, classes={self.classes!r}, per_image={self.per_image}, "
-                f"loss_weight={self.loss_weight}")
+        return f"loss_type={self.loss_type!r}, classes={self.classes!r}, per_image={self.per_image}, " \
+               f"{super().extra_repr()}"
 
-    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                ignore_index: int = 255, avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None) -> torch.Tensor:
+    def _loss(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor],
+              class_weight: Optional[torch.Tensor], ignore_index: int, avg_factor: Optional[float],
+              reduction: str) -> torch.Tensor:
         """Loss of logits ``cls_score`` against ``label`` (N,H,W); ``weight`` is not used (module docstring)."""
-        if reduction_override not in (None,) + _REDUCTIONS:
-            raise ValueError(f"reduction_override {reduction_override!r}")
-        reduction = reduction_override or self.reduction
-        class_weight = cls_score.new_tensor(self.class_weight) if self.class_weight is not None else None
         if self.loss_type == "multi_class":
             if cls_score.dim() != 4 or label.shape != (cls_score.shape[0], *cls_score.shape[2:]):
                 raise ValueError(f"LovaszLoss: logits {tuple(cls_score.shape)} and labels {tuple(label.shape)} "
@@ -198,11 +186,6 @@ class LovaszLoss(nn.Module):
             if cls_score.shape != label.shape:
                 raise ValueError(f"LovaszLoss(binary): logits {tuple(cls_score.shape)} must be (N,H,W) or (N,1,H,W) "
                                  f"matching labels {tuple(label.shape)}")
-        return self.loss_weight * self.cls_criterion(
+        return self.cls_criterion(
             cls_score, label, self.classes, self.per_image, class_weight=class_weight, reduction=reduction,
             avg_factor=avg_factor, ignore_index=ignore_index)
-
-    @property
-    def loss_name(self) -> str:
-        """Name of this term in the loss dict (terms with the same name are summed)."""
-        return self._loss_name

@@ -1,0 +1,150 @@
+"""The typed run spec: one frozen dataclass per config section, resolved once on the driver.
+
+Run-level scalars (intervals, counts, flags, names) are typed fields read in exactly one place each. The
+sections a registry builds (the model, dataset kwargs with their pipelines, the optimizer kwargs, the lr
+schedule kwargs) stay plain dicts: the registries validate them when they build them. Every class here
+pickles, so the whole ``RunSpec`` travels to Ray Train's workers in ``train_loop_config``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``data``: the dataset dicts (with their pipelines) and the per-worker batch and ingest settings."""
+
+    samples_per_gpu: int  # batch size per training worker
+    workers_per_gpu: int  # decode/augment actors per training worker
+    train: Dict[str, Any]
+    val: Optional[Dict[str, Any]] = None
+    test: Optional[Dict[str, Any]] = None
+
+    @property
+    def train_pipeline(self) -> List[Dict[str, Any]]:
+        return list(self.train.get("pipeline") or [])
+
+    @property
+    def val_pipeline(self) -> List[Dict[str, Any]]:
+        return list((self.val or {}).get("pipeline") or [])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``model``: the segmentor dict as the registry builds it, and what the engine needs to know about it."""
+
+    config: Dict[str, Any]
+    sync_bn: bool = False  # some norm_cfg is SyncBN: converted across workers when world > 1
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """``optimizer``, ``optimizer_config`` and ``lr_config``: what each training step and the schedule do."""
+
+    optimizer: Dict[str, Any]  # torch.optim kwargs plus ``type`` and ``paramwise_cfg``
+    base_lr: float
+    lr_config: Dict[str, Any]  # PolyLrSchedule kwargs (policy, power, min_lr, warmup, ...)
+    grad_clip: Optional[Dict[str, Any]] = None  # clip_grad_norm_ kwargs
+    skip_nonfinite: bool = False
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """``evaluation``: validation every ``interval`` iterations (0: never), on the val set's ignore_index."""
+
+    interval: int = 0
+    metrics: Tuple[str, ...] = ("mIoU",)  # mIoU/mDice/mFscore: the columns shown in the val line and table
+    save_best: Optional[str] = None  # a summary key (``auto`` already resolved), or None
+    ignore_index: int = 255
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """``checkpoint_config`` and ``storage_path``: when Ray Train checkpoints are taken, how many kept, where."""
+
+    interval: int  # iterations between checkpoints (max_iters when not set: only the final one)
+    max_keep: Optional[int] = None  # None keeps all
+    storage: str = ""  # storage root (path or URI); the run's folder is ``<storage>/<run name>``
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """``scaling`` and ``failure``: Ray Train's ScalingConfig and FailureConfig."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: Optional[Dict[str, float]] = None
+    placement_strategy: str = "PACK"
+    max_failures: int = 0
+
+    @property
+    def cpus_per_worker(self) -> float:
+        return float((self.resources_per_worker or {}).get("CPU", 1))
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """``amp``/``fp16``/``optimizer_config.type: Fp16OptimizerHook``, ``channels_last``, ``cudnn_benchmark``."""
+
+    amp_dtype: Optional[str] = None  # "bf16" or "fp16"; None: fp32
+    loss_scale: Union[str, float, None] = None  # "dynamic" or a number (fp16 only)
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """``mlflow``: where the run is recorded (tracking URI already resolved against the work dir)."""
+
+    tracking_uri: str
+    artifact_root: Optional[str] = None  # only for the local default store
+    experiment_name: str = "rayseg"
+    run_name: Optional[str] = None
+    tags: Dict[str, str] = field(default_factory=dict)
+    system_metrics: bool = True
+    system_metrics_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """``log_config`` and ``log_level``: progress-line interval and the level of rayseg's Python loggers."""
+
+    interval: int = 50
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run, fully resolved: every config key consumed once, in the section that owns it.
+
+    ``config`` is the resolved config dict (defaults, overrides and the command-line choices filled in),
+    kept for MLflow params, ``config.yaml`` and checkpoint meta. ``notes`` are the lines printed for keys
+    that are accepted but have no effect under Ray (e.g. ``dist_params``).
+    """
+
+    config: Dict[str, Any]
+    work_dir: str
+    run_name: str  # Ray Train's run name: the work dir's base name
+    max_iters: int
+    seed: int
+    deterministic: bool
+    data: DataSpec
+    model: ModelSpec
+    optim: OptimSpec
+    evaluation: EvalSpec
+    checkpoint: CheckpointSpec
+    scaling: ScalingSpec
+    precision: PrecisionSpec
+    tracking: TrackingSpec
+    log: LogSpec
+    config_path: Optional[str] = None
+    resume: bool = False  # --resume: continue the run in the work dir
+    load_from: Optional[str] = None
+    resume_from: Optional[str] = None
+    notes: Tuple[str, ...] = ()
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.work_dir, "log.jsonl")

@@ -1,0 +1,88 @@
+"""TrainLogCallback (runs in Ray Train's controller): log.jsonl, train.log, MLflow metrics, best copy, replicas.
+
+The callback is called directly with what Ray Train would pass; MLflow is a real local SQLite store.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rayseg.engine.callbacks import TrainLogCallback, last_logged_iter, scalar_metrics, text_log_lines
+
+VAL = {"aAcc": 90.0, "mIoU": 50.0, "mAcc": 60.0, "mDice": 65.0, "mFscore": 66.0, "mPrecision": 67.0,
+       "mRecall": 60.0}
+
+
+def test_scalar_metrics_keep_json_scalars_only():
+    out = scalar_metrics({"iter": 3, "loss": 0.5, "nan": float("nan"), "per_class": {"IoU": [1.0]},
+                          "saved_best": "mIoU", "flag": True})
+    assert out == {"iter": 3, "loss": 0.5, "nan": None}
+
+
+def test_text_lines_show_the_selected_metrics():
+    record = {"iter": 4, "lr": 0.01, "time": 0.5, "loss": 1.25, "decode.acc_seg": 80.0, **VAL}
+    train, val = text_log_lines(record, max_iters=10)
+    assert train.startswith("Iter [4/10]\tlr: 1.000e-02, eta: 0:00:03, time: 0.500, loss: 1.2500")
+    assert val == "Iter(val) [4]\taAcc: 90.00, mIoU: 50.00, mAcc: 60.00"
+    _, val = text_log_lines(record, max_iters=10, metrics=("mDice", "mFscore"))
+    assert val == "Iter(val) [4]\taAcc: 90.00, mAcc: 60.00, mDice: 65.00, mFscore: 66.00, mPrecision: 67.00, " \
+                  "mRecall: 60.00"
+    assert len(text_log_lines({"iter": 2, "loss": 1.0}, max_iters=10)) == 1  # no validation, one line
+
+
+def test_last_logged_iter_survives_a_cut_line(tmp_path):
+    log = tmp_path / "log.jsonl"
+    assert last_logged_iter(str(log)) == 0
+    log.write_text('{"iter": 2}\n{"iter": 4}\n{"iter": 6, "lo')
+    assert last_logged_iter(str(log)) == 4
+
+
+@pytest.fixture(scope="module")
+def mlflow_run(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    from rayseg.tracking import MlflowRun
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('cb_store') / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("callbacks"))
+    return MlflowRun(uri, run.info.run_id), client
+
+
+def test_reports_go_to_both_logs_and_mlflow_once(tmp_path, mlflow_run):
+    run, client = mlflow_run
+    log = tmp_path / "work" / "log.jsonl"
+    cb = TrainLogCallback(str(log), run.tracking_uri, run.run_id, max_iters=6, metrics=("mDice",))
+    cb.after_report(None, [{"iter": 2, "lr": 0.1, "loss": 1.0}, {"iter": 2, "lr": 0.1, "loss": 9.0}], None)
+    cb.after_report(None, [{"iter": 4, "lr": 0.05, "loss": 0.5, **VAL, "per_class": {"IoU": [0.5]}}], None)
+    cb.after_report(None, [{"iter": 2, "lr": 0.1, "loss": 1.0}], None)  # replayed after a restart: skipped
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["iter"] for r in records] == [2, 4]
+    assert records[0]["loss"] == 1.0  # rank 0's metrics
+    text = (tmp_path / "work" / "train.log").read_text()
+    assert "Iter [2/6]" in text and "Iter(val) [4]\taAcc: 90.00, mAcc: 60.00, mDice: 65.00" in text
+    assert "mIoU" not in text.split("Iter(val)")[1]
+    history = client.get_metric_history(run.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(2, 1.0), (4, 0.5)]
+    assert [m.step for m in client.get_metric_history(run.run_id, "mDice")] == [4]
+    # A new callback over the same log (a resumed job) starts after what is already written.
+    assert TrainLogCallback(str(log)).last_iter == 4
+
+
+def test_best_checkpoint_is_copied_and_replicas_recorded(tmp_path):
+    from ray.train import Checkpoint
+
+    ckpt_dir = tmp_path / "run" / "iter_00000004"
+    ckpt_dir.mkdir(parents=True)
+    torch.save({"meta": {"iter": 4}}, ckpt_dir / "checkpoint.pt")
+    (tmp_path / "work").mkdir()  # the driver creates the work dir before training starts
+    cb = TrainLogCallback(str(tmp_path / "work" / "log.jsonl"), run_dir=str(tmp_path / "run"), max_iters=4)
+    replicas = [{"rank": r, "weights_sha256": "ab"} for r in (0, 1)]
+    cb.after_report(None, [{"iter": 4, "saved_best": "mIoU", "replica": replicas[0]},
+                           {"iter": 4, "saved_best": "mIoU", "replica": replicas[1]}],
+                    Checkpoint.from_directory(str(ckpt_dir)))
+    kept = torch.load(tmp_path / "run" / "best_mIoU" / "checkpoint.pt", weights_only=True)
+    assert kept["meta"]["iter"] == 4
+    assert json.loads((tmp_path / "work" / "replicas.json").read_text()) == replicas

@@ -1,0 +1,219 @@
+"""The run spec: one resolution of the config on the driver, the key policy, and the checks that run before Ray.
+
+No Ray here: the train job's refusals happen before Ray starts, and that is what is tested.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from rayseg.config import load_config
+from rayseg.errors import ConfigError, DataError
+from rayseg.spec import RunSpec
+from rayseg.spec.check import check_run
+from rayseg.spec.policy import DIST_PARAMS_NOTE, PRE_EVAL_NOTE
+from rayseg.spec.resolve import resolve_run
+
+TINY = str(REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml")
+
+
+def _spec(*options, **kwargs) -> RunSpec:
+    kwargs.setdefault("work_dir", "/tmp/rayseg-spec-test/run")
+    return resolve_run(load_config(TINY, list(options)), **kwargs)
+
+
+def _data(root) -> list:
+    return [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
+
+
+def test_every_section_is_resolved_into_typed_fields():
+    spec = _spec("evaluation.save_best=auto", "evaluation.metric=[mDice, mIoU]", "failure.max_failures=2",
+                 "mlflow.tracking_uri=http://127.0.0.1:1", "log_level=warning")
+    assert spec.max_iters == 6 and spec.run_name == "run" and spec.work_dir == "/tmp/rayseg-spec-test/run"
+    assert (spec.data.samples_per_gpu, spec.data.workers_per_gpu) == (2, 1)
+    assert spec.data.train_pipeline[0] == {"type": "LoadImageFromFile"}
+    assert spec.evaluation.interval == 3 and spec.evaluation.metrics == ("mDice", "mIoU")
+    assert spec.evaluation.save_best == "mDice" and spec.evaluation.ignore_index == 255
+    assert (spec.checkpoint.interval, spec.checkpoint.max_keep) == (3, None)
+    assert spec.checkpoint.storage == "/tmp/rayseg-spec-test/run/ray_results"
+    assert spec.scaling.num_workers == 2 and spec.scaling.cpus_per_worker == 1.0 and spec.scaling.max_failures == 2
+    assert spec.model.sync_bn  # the demo model uses SyncBN
+    assert spec.optim.base_lr == 0.05 and spec.optim.lr_config["warmup"] == "linear"
+    assert spec.tracking.tracking_uri == "http://127.0.0.1:1" and spec.tracking.artifact_root is None
+    assert spec.tracking.experiment_name == "rayseg-demo"
+    assert spec.log.interval == 2 and spec.log.level == "WARNING"
+    assert spec.config["work_dir"] == spec.work_dir and spec.config["seed"] == 0
+    # It travels to the workers in train_loop_config: it must pickle and come back equal.
+    assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_command_line_choices_win_and_the_input_is_not_changed(tmp_path):
+    cfg = load_config(TINY)
+    before = pickle.dumps(cfg)
+    spec = resolve_run(cfg, work_dir=str(tmp_path / "w"), seed=7, deterministic=True, load_from="x.pth",
+                       config_path=TINY)
+    assert (spec.seed, spec.deterministic, spec.load_from) == (7, True, "x.pth")
+    assert (spec.config["seed"], spec.config["deterministic"], spec.config["load_from"]) == (7, True, "x.pth")
+    assert pickle.dumps(cfg) == before
+    assert spec.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the store beside the work dir
+    with pytest.raises(ConfigError, match="resume_from and --resume"):
+        resolve_run(load_config(TINY, ["resume_from=/x"]), work_dir=str(tmp_path), resume=True)
+
+
+def test_validation_ignore_index_is_the_val_datasets():
+    assert _spec().evaluation.ignore_index == 255  # DemoShapesDataset's default
+    assert _spec("data.val.ignore_index=0").evaluation.ignore_index == 0
+
+
+def test_save_best_metric_and_missing_val_set():
+    with pytest.raises(ConfigError, match="evaluation.metric: unknown metric"):
+        _spec("evaluation.metric=mAP")
+    with pytest.raises(ConfigError, match="evaluation.save_best: 'mIOU'"):
+        _spec("evaluation.save_best=mIOU")
+    cfg = load_config(TINY)
+    del cfg["data"]["val"]
+    with pytest.raises(ConfigError, match="data.val is not set"):
+        resolve_run(cfg)
+    cfg["evaluation"]["interval"] = 0
+    assert resolve_run(cfg).evaluation.interval == 0
+
+
+@pytest.mark.parametrize("option,match", [
+    ("runner.type=EpochBasedRunner", "runner.type: only IterBasedRunner"),
+    ("workflow=[[train, 1], [val, 1]]", "workflow: .* validates every evaluation.interval"),
+    ("workflow=[[val, 1]]", "workflow"),
+    ("tune={num_samples: 4}", "tune: .*sweep config"),
+    ("log_level=LOUD", "log_level: 'LOUD'"),
+    ("log_config.hooks=[{type: TensorboardLoggerHook}]", r"hooks.0.type: 'TensorboardLoggerHook' .*MLflow"),
+    ("log_config.hooks=[{type: TextLoggerHook, by_epoch: true}]", r"hooks.0.by_epoch"),
+    ("log_config.hooks=[{type: TextLoggerHook, interval: 7}]", r"hooks.0.interval: 7 differs from log_config"),
+    ("log_config.hooks=[{type: MlflowLoggerHook, log_model: false}]", r"hooks.0.log_model"),
+    ("log_config.hooks=[{type: MlflowLoggerHook, bogus: 1}]", r"hooks.0: MlflowLoggerHook key\(s\) \['bogus'\]"),
+    ("checkpoint_config.by_epoch=true", "checkpoint_config.by_epoch: rayseg checkpoints by iteration"),
+    ("optimizer_config.type=GradientCumulativeOptimizerHook", "optimizer_config.type"),
+    ("optimizer_config.loss_scale=512.0", "optimizer_config.loss_scale applies only with"),
+    ("failure.retries=3", r"failure: unknown key\(s\) \['retries'\]"),
+    ("scaling.placement_strategy=ANYWHERE", "scaling.placement_strategy"),
+])
+def test_refused_keys_say_what_to_use(option, match):
+    with pytest.raises(ConfigError, match=match):
+        _spec(option)
+
+
+def test_accepted_keys_do_what_they_say():
+    spec = _spec("workflow=[[train, 1]]", "checkpoint_config.by_epoch=false",
+                 "log_config.hooks=[{type: TextLoggerHook, by_epoch: false, interval: 2},"
+                 " {type: MlflowLoggerHook, exp_name: from-hook, tags: {team: seg}}]")
+    assert spec.notes == ()
+    assert spec.tracking.experiment_name == "from-hook" and spec.tracking.tags == {"team": "seg"}
+    assert spec.config["mlflow"]["experiment_name"] == "from-hook"  # print_config shows what runs
+    noted = _spec("dist_params={backend: nccl}", "evaluation.pre_eval=true")
+    assert noted.notes == (DIST_PARAMS_NOTE, PRE_EVAL_NOTE)
+
+
+def test_log_level_sets_rayseg_loggers():
+    from rayseg.spec.policy import set_log_level
+
+    logger = logging.getLogger("rayseg")
+    old = logger.level
+    try:
+        set_log_level(_spec("log_level=ERROR").log.level)
+        assert logging.getLogger("rayseg.models.pretrained").getEffectiveLevel() == logging.ERROR
+    finally:
+        logger.setLevel(old)
+
+
+@pytest.mark.parametrize("option,match", [
+    ("model.decode_head.bogus=1", r"^model.decode_head: head 'FCNHead': unknown argument 'bogus'"),
+    ("model.backbone.depht=18", r"^model.backbone: .*'depht'.*Did you mean 'depth'"),
+    ("model.auxiliary_head.loss_decode.typo=1", r"^model.auxiliary_head: loss 'CrossEntropyLoss'.*'typo'"),
+    ("model.test_cfg.mode=sliding", r"^model: .*test_cfg.mode"),
+    ("lr_config.policy=nope", r"^lr_config.policy: only 'poly'"),
+    ("lr_config.warmup=cosine", r"^lr_config.warmup: expected linear"),
+    ("optimizer.momentun=0.9", r"^optimizer: .*'momentun'"),
+    ("data.train.pipeline.3.type=RandomCorp", r"^data.train.pipeline.3: unknown transform type 'RandomCorp'"),
+    ("data.val.pipeline.1.transforms.0.type=Resise", r"^data.val.pipeline.1: .*'Resise'"),
+    ("data.test.bogus=1", r"^data.test: .*'bogus'"),
+    ("model.pretrained=/nonexistent/r18.pth", r"^model.pretrained: checkpoint file not found"),
+])
+def test_check_builds_everything_the_config_names(option, match):
+    with pytest.raises(ConfigError, match=match):
+        check_run(_spec(option), list_data=False)
+
+
+def test_check_skips_pretrained_downloads():
+    # An unreachable URL: building with it would try to download; the check must not.
+    start = time.monotonic()
+    check_run(_spec("model.backbone.init_cfg={type: Pretrained, checkpoint: 'http://127.0.0.1:9/r18.pth'}"),
+              list_data=False)
+    assert time.monotonic() - start < 60
+
+
+def test_check_lists_the_data(demo_data, tmp_path):
+    checked = check_run(_spec(*_data(demo_data)))
+    assert len(checked.train_set) == 24 and len(checked.val_set) == 6
+    with pytest.raises(DataError, match=r"^data.train: image directory .*nowhere.* does not exist"):
+        check_run(_spec(*_data(tmp_path / "nowhere")))
+    assert check_run(_spec(*_data(tmp_path / "nowhere")), list_data=False).train_set is None
+    with pytest.raises(ConfigError, match="num_classes is 3 but data.train"):
+        check_run(_spec(*_data(demo_data), "model.decode_head.num_classes=3", "model.auxiliary_head.num_classes=3"))
+
+
+def _job(script, *args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("option,key", [
+    ("model.decode_head.bogus=1", "model.decode_head: head 'FCNHead': unknown argument 'bogus'"),
+    ("lr_config.policy=nope", "lr_config.policy"),
+    ("data.train.pipeline.2.type=Resise", "data.train.pipeline.2: unknown transform type 'Resise'"),
+    ("runner.type=EpochBasedRunner", "runner.type"),
+])
+def test_train_and_print_config_refuse_the_same_configs_before_anything_starts(option, key, demo_data, tmp_path):
+    start = time.monotonic()
+    proc = _job("train.py", TINY, "--work-dir", "tmp/x", "--cfg-options", *_data(demo_data), option, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and key in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert time.monotonic() - start < 120  # no Ray start-up: seconds on an idle machine
+    assert not (tmp_path / "tmp").exists()  # no work dir, no mlflow.db beside it
+    assert list(tmp_path.iterdir()) == []
+    printed = _job("print_config.py", TINY, "--cfg-options", option, cwd=tmp_path)
+    assert printed.returncode == 2 and printed.stdout == "" and key in printed.stderr
+
+
+def test_missing_data_root_fails_before_ray(tmp_path):
+    proc = _job("train.py", TINY, "--work-dir", "tmp/x", "--cfg-options", *_data(tmp_path / "gone"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: data.train: image directory") and str(tmp_path / "gone") in proc.stderr
+    assert not (tmp_path / "tmp").exists()
+    # print_config lists data only when asked to.
+    assert _job("print_config.py", TINY, "--cfg-options", *_data(tmp_path / "gone"), cwd=tmp_path).returncode == 0
+    checked = _job("print_config.py", TINY, "--check-data", "--cfg-options", *_data(tmp_path / "gone"), cwd=tmp_path)
+    assert checked.returncode == 2 and "gone" in checked.stderr
+
+
+def test_worker_errors_come_back_as_the_plain_rayseg_error():
+    """What ``trainer.fit()`` raises when a worker failed: Ray Train's WorkerGroupError around Ray's wrappers."""
+    import ray.exceptions
+    from ray.train import WorkerGroupError
+
+    from rayseg.utils.ray_session import user_error
+
+    wrapped = ray.exceptions.RayTaskError("get", "Traceback ...", DataError("cannot decode image a.png")) \
+        .as_instanceof_cause()
+    outer = ray.exceptions.RayTaskError("SplitCoordinator.get", "Traceback ...", wrapped)
+    found = user_error(WorkerGroupError("worker errors", {0: outer, 1: RuntimeError("collective aborted")}))
+    assert type(found) is DataError and str(found) == "cannot decode image a.png"
+    annotated = DataError("cannot decode image b.png\nFailed to apply UDF transform after 1/1 attempts (total "
+                          "backoff 0.0s).\nTo change retry attempts ... if you believe this to be transient.")
+    assert str(user_error(WorkerGroupError("x", {0: annotated}))) == "cannot decode image b.png"
+    assert user_error(WorkerGroupError("x", {0: RuntimeError("a bug")})) is None
