@@ -23,7 +23,9 @@ demo: install
 	$(BIN)/python jobs/make_demo_data.py $(DEMO_DATA)
 	rm -rf $(DEMO_WORK)  # a fresh run each time; earlier runs stay in the MLflow store
 	$(BIN)/python jobs/train.py configs/demo/fcn_r18-tiny_shapes.yaml --work-dir $(DEMO_WORK)
-	$(BIN)/python jobs/test.py configs/demo/fcn_r18-tiny_shapes.yaml $(DEMO_WORK)/latest.pth --split val --out $(DEMO_WORK)/val_metrics.json
+	# The evaluation logs into the training run (auto: the run id in $(DEMO_WORK)/run_state.json), so that
+	# run holds the val metrics at the final iteration and evaluation/val/confusion.png.
+	$(BIN)/python jobs/test.py configs/demo/fcn_r18-tiny_shapes.yaml $(DEMO_WORK)/latest.pth --split val --out $(DEMO_WORK)/val_metrics.json --mlflow-run-id auto
 	@echo
 	@echo "Demo finished. Weights, log.jsonl and tables are in $(DEMO_WORK)/."
 	@echo "Open the MLflow UI on the run with:"

@@ -2,6 +2,7 @@
 (SegMetric's single bincount vs a naive per-image loop over classes).
 
     python bench/eval.py [--checkpoint work_dirs/camvid/latest.pth] [--limit 40] [--workers 1 2]
+        [--data-root ../shared/data/camvid]
 
 Without --checkpoint the model keeps random-initialised weights (throughput does not depend on them;
 the metrics then mean nothing, and the output says so). Ray starts once, and one untimed warm-up run
@@ -84,13 +85,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--checkpoint", help="weights to evaluate (default: random-initialised weights)")
-    parser.add_argument("--data-root", default=CAMVID)
+    parser.add_argument("--data-root", default=CAMVID,
+                        help="CamVid in the img_dir/ann_dir layout (default: the shared copy, %(default)s)")
     parser.add_argument("--limit", type=int, help="use only the first N val images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="actor counts to time")
     parser.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(args.data_root, "img_dir", "val")):
-        print(f"CamVid not found at {args.data_root}")
+        print(f"CamVid not found at {args.data_root} (expected img_dir/val; see jobs/prepare_camvid.py)")
         return 2
     import torch
 
@@ -102,7 +104,8 @@ def main() -> int:
 
     tmp = tempfile.mkdtemp(prefix="rayseg-bench-eval-")
     root = limited_root(args.data_root, args.limit, os.path.join(tmp, "data")) if args.limit else args.data_root
-    cfg = load_config(os.path.join(REPO, args.config), [f"data.{s}.data_root={root}" for s in ("val", "test")])
+    roots = [f"data.train.data_root={args.data_root}"] + [f"data.{s}.data_root={root}" for s in ("val", "test")]
+    cfg = load_config(os.path.join(REPO, args.config), roots)
     n = len(os.listdir(os.path.join(root, "img_dir", "val")))
     ckpt = args.checkpoint
     if ckpt is None:

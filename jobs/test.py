@@ -12,13 +12,22 @@ import os
 import sys
 import tempfile
 
+try:  # a `python` without rayseg's dependencies (the system one, under `ray job submit`): say which to use
+    import ray, torch, yaml  # noqa: E401,F401
+except ModuleNotFoundError as missing:
+    print(f"error: {sys.executable} has no module {missing.name!r}: run the job with the Python rayseg is installed "
+          f"in; under `ray job submit` name it in the entrypoint, e.g. \"$PWD/.venv/bin/python\" jobs/... "
+          f"(docs/cluster.md)", file=sys.stderr)
+    sys.exit(2)
+
 from rayseg.apis.distributed_eval import default_num_workers, evaluate_distributed
-from rayseg.apis.eval_outputs import (confusion_png_path, log_evaluation, open_evaluation_run,
-                                      write_confusion_png, write_metrics_json)
+from rayseg.apis.eval_outputs import (AUTO_RUN_ID, confusion_png_path, log_evaluation, open_evaluation_run,
+                                      training_run_id, write_confusion_png, write_metrics_json)
 from rayseg.config import load_config
 from rayseg.engine.checkpoint import load_weights_file
 from rayseg.evaluation import format_tables
-from rayseg.evaluation.report import ALLOWED_METRICS
+from rayseg.evaluation.report import ALLOWED_METRICS, eval_prefix
+from rayseg.tracking import describe_store, ui_command
 from rayseg.utils.ray_session import USER_ERRORS
 
 
@@ -40,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     tracking = parser.add_mutually_exclusive_group()
-    tracking.add_argument("--mlflow-run-id", help="log metrics (<split>/<name>) and plots to this MLflow run")
+    tracking.add_argument("--mlflow-run-id", help="log metrics (<split>/<name>) and plots to this MLflow run; "
+                          f"'{AUTO_RUN_ID}': the training run of the checkpoint's work dir (run_state.json)")
     tracking.add_argument("--mlflow", action="store_true", help="log to a new MLflow run tagged rayseg.kind=evaluation")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -55,10 +65,12 @@ def main(argv=None) -> int:
         meta = state.get("meta") or {}
         if args.mlflow or args.mlflow_run_id:
             name = f"eval-{args.split}{'-aug' if args.aug_test else ''}-{os.path.basename(args.checkpoint.rstrip('/'))}"
-            run = open_evaluation_run(cfg, meta, args.mlflow_run_id, tags={
+            run_id = training_run_id(args.checkpoint, meta) if args.mlflow_run_id == AUTO_RUN_ID else args.mlflow_run_id
+            run = open_evaluation_run(cfg, meta, run_id, tags={
                 "mlflow.runName": name, "rayseg.config": args.config, "rayseg.checkpoint": args.checkpoint,
                 "rayseg.split": args.split, "rayseg.aug_test": str(args.aug_test)})
-            created = not args.mlflow_run_id
+            created = not run_id
+            print(f"{describe_store(run.tracking_uri)}; logging to run {run.run_id}", flush=True)
         workers = args.num_workers if args.num_workers is not None else default_num_workers(args.use_gpu, args.address)
         results = evaluate_distributed(cfg, state, split=args.split, num_workers=workers, use_gpu=args.use_gpu,
                                        aug_test=args.aug_test, show_dir=args.show_dir, batch_size=args.batch_size,
@@ -88,10 +100,12 @@ def main(argv=None) -> int:
             if args.out:
                 print(f"confusion matrix written to {png}")
         if run is not None:
-            prefix = f"{args.split}_aug" if args.aug_test else args.split
-            log_evaluation(run, results, prefix, step=int(meta.get("iter") or 0), files=files, table=table,
+            prefix = eval_prefix(args.split, args.aug_test)
+            log_evaluation(run, results, prefix, step=int(meta.get("iter") or 0), table=table, confusion_png=files[-1],
                            finish=created)
-            print(f"logged to MLflow run {run.run_id} ({run.tracking_uri}) as {prefix}/<metric>")
+            print(f"logged to MLflow run {run.run_id} as {prefix}/<metric>, artifacts in evaluation/{prefix}/")
+            print(f"{describe_store(run.tracking_uri)}; open the UI: {ui_command(run.tracking_uri)}   then visit "
+                  f"{run.url}")
     return 0
 
 

@@ -1,8 +1,18 @@
 """Train a segmentation model on Ray: ``python jobs/train.py CONFIG [--work-dir DIR] [--cfg-options K=V ...]``."""
 import argparse
+import os
 import sys
 
+try:  # a `python` without rayseg's dependencies (the system one, under `ray job submit`): say which to use
+    import ray, torch, yaml  # noqa: E401,F401
+except ModuleNotFoundError as missing:
+    print(f"error: {sys.executable} has no module {missing.name!r}: run the job with the Python rayseg is installed "
+          f"in; under `ray job submit` name it in the entrypoint, e.g. \"$PWD/.venv/bin/python\" jobs/... "
+          f"(docs/cluster.md)", file=sys.stderr)
+    sys.exit(2)
+
 from rayseg.config import load_config
+from rayseg.engine.progress import VERBOSE_ENV, quiet_driver_logs, verbose_requested
 from rayseg.engine.trainer import train
 from rayseg.spec.resolve import resolve_run
 from rayseg.utils.ray_session import USER_ERRORS
@@ -21,7 +31,13 @@ def main() -> int:
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels and data order: the same seed gives bit-identical losses")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new local instance)")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show everything Ray prints (its logs, the workers' stderr); same as {VERBOSE_ENV}=1")
     args = parser.parse_args()
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # what the training console reads; library callers can set it too
+    if not verbose_requested():
+        quiet_driver_logs()
     try:
         cfg = load_config(args.config, args.cfg_options)
         spec = resolve_run(cfg, work_dir=args.work_dir, config_path=args.config, resume=args.resume,

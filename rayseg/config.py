@@ -40,7 +40,8 @@ DEFAULTS: Dict[str, Any] = {
 # are checked. Sections typed plain "dict" are free-form: the registry validates them when built.
 SCHEMA: Dict[str, Any] = {
     "model": "dict",
-    "data": {"samples_per_gpu": "int", "workers_per_gpu": "int", "train": "dict", "val": "dict", "test": "dict"},
+    "data": {"samples_per_gpu": "int", "workers_per_gpu": "int", "train": "dict", "val": "dict", "test": "dict",
+             "first_batch_timeout_s": "number"},
     "optimizer": "dict",
     "optimizer_config": {"type": "str", "grad_clip": "dict|none", "skip_nonfinite": "bool",
                          "loss_scale": "str|number"},
@@ -248,7 +249,10 @@ def _set_override(cfg: Dict[str, Any], option: str) -> None:
             if exists:
                 old, new = _type_of(node[slot]), _type_of(value)
                 allowed = _schema_spec(parts)
-                if (old != new and "none" not in (old, new) and (old, new) != ("float", "int")
+                # A number may replace a number (0.5 for an int CPU count in a free-form mapping), unless
+                # the schema says int: there a float is a mistake the user should hear about.
+                numbers = {old, new} == {"float", "int"} and not (allowed and not _type_ok(value, allowed))
+                if (old != new and "none" not in (old, new) and not numbers
                         and not (allowed and _type_ok(value, allowed))):
                     raise ConfigError(f"--cfg-options {option!r}: key {key!r} holds {_a(old)}, "
                                       f"the override gives {_a(new)}")

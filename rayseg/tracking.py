@@ -1,33 +1,66 @@
 """MLflow tracking: one run per training job, with params, metrics, tables and weights.
 
-The default store is a SQLite file beside the work dir (``<work_dir>/../mlflow.db``) so every run of a
-project lands in one place the UI can open; ``mlflow.tracking_uri`` or ``MLFLOW_TRACKING_URI`` point it
-at a server instead. Tracking failures never stop training: they warn once and the numbers stay in
+Where runs go (docs/mlflow.md): ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else one SQLite store
+per project checkout, ``<project root>/work_dirs/mlflow.db``, where the project root is the nearest folder
+above the work dir holding ``pyproject.toml`` or ``.git``, so every work dir of a checkout (``work_dirs/a``,
+``other/run2``) records into the same store. A work dir outside any checkout keeps its store beside it
+(``<work_dir>/../mlflow.db``). Tracking failures never stop training: they warn once and the numbers stay in
 ``log.jsonl``.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from rayseg.config import flatten_config
 
 if TYPE_CHECKING:
     from rayseg.spec.sections import RunSpec
 
+PROJECT_MARKERS = ("pyproject.toml", ".git")
+# Config values that describe the machine a run happened on, not the experiment: kept out of the params (the
+# work dir is the rayseg.work_dir tag) and out of run names.
+MACHINE_PARAMS = ("work_dir", "mlflow.tracking_uri")
+# MLflow 3.17's UI opens an experiment in its GenAI view (traces, "Detect Issues") unless the link says
+# otherwise; the view is decided by this URL parameter (else the browser's last choice), not by any experiment
+# tag or server setting (checked in the 3.17 UI bundle: the experiment kind follows the workflow type).
+ML_VIEW_QUERY = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"
+# Headline params, capitalised so that MLflow's compare view and column chooser (which sort keys by code
+# point) list them ahead of the lower-case keys of the full config.
+HEADLINE_PARAMS = ("Model", "Backbone", "Dataset", "Crop", "Iterations", "LR", "Batch", "Workers")
+MAX_RUN_NAME = 250  # MLflow's run name column
+
+
+def project_root(path: str) -> Optional[str]:
+    """The nearest folder at or above ``path`` holding ``pyproject.toml`` or ``.git`` (None outside any)."""
+    folder = os.path.abspath(path)
+    while True:
+        if any(os.path.exists(os.path.join(folder, marker)) for marker in PROJECT_MARKERS):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
 
 def default_store(work_dir: str) -> tuple[str, str]:
-    """(tracking URI, artifact root) of the local SQLite store that sits beside ``work_dir``."""
-    area = os.path.dirname(os.path.abspath(work_dir))
+    """(tracking URI, artifact root) of the local SQLite store for ``work_dir``: the project checkout's
+    ``work_dirs/mlflow.db`` when the work dir lies inside one, else ``mlflow.db`` beside the work dir."""
+    root = project_root(work_dir)
+    area = os.path.join(root, "work_dirs") if root else os.path.dirname(os.path.abspath(work_dir))
     return f"sqlite:///{os.path.join(area, 'mlflow.db')}", "file://" + os.path.join(area, "mlartifacts")
 
 
 def tracking_store(tracking_uri: Optional[str], work_dir: str) -> tuple[str, Optional[str]]:
-    """(tracking URI, artifact root or None): ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the local
-    SQLite store beside ``work_dir`` (the only case with an artifact root of rayseg's choosing)."""
+    """(tracking URI, artifact root or None): ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the
+    project's local SQLite store (``default_store``, the only case with an artifact root of rayseg's choosing)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri, None
@@ -39,16 +72,134 @@ def resolve_tracking_uri(cfg: Dict[str, Any], work_dir: str) -> tuple[str, Optio
     return tracking_store((cfg.get("mlflow") or {}).get("tracking_uri"), work_dir)
 
 
+def sqlite_path(tracking_uri: str) -> Optional[str]:
+    """The database file of a ``sqlite:///`` tracking URI (None for servers and other stores)."""
+    return tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else None
+
+
 def ui_command(tracking_uri: str) -> str:
     """The shell command that opens the MLflow UI on this store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
+        return f"open {_ui_base(tracking_uri)}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def _ui_base(tracking_uri: str) -> str:
+    return (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI).rstrip("/")
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table (the model-training view) in the MLflow UI of this store."""
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}?{ML_VIEW_QUERY}"
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """One run's page (model-training view) in the MLflow UI of this store."""
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW_QUERY}"
+
+
+def compare_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[str]) -> str:
+    """MLflow's compare view of ``run_ids`` (params side by side, "Show diff only", plots)."""
+    runs = json.dumps(list(run_ids), separators=(",", ":"))
+    return (f"{_ui_base(tracking_uri)}/#/compare-runs?runs={runs}&experiments="
+            f"{json.dumps([str(experiment_id)])}&{ML_VIEW_QUERY}")
+
+
+def _is_machine_key(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return (key in MACHINE_PARAMS or key.startswith("mlflow.") or key in ("storage_path", "load_from", "resume_from")
+            or leaf in ("data_root", "img_dir", "ann_dir", "split"))
+
+
+def run_name(config: Dict[str, Any], config_path: Optional[str], work_dir: str) -> str:
+    """The default MLflow run name: the config file's name plus the settings that differ from that file
+    (``--cfg-options``, ``--seed``, ...), e.g. ``fcn_r18-tiny_shapes optimizer.lr=0.02``; paths and machine
+    settings are left out. Without a config file, the work dir's name."""
+    if not config_path:
+        return os.path.basename(os.path.abspath(work_dir))
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    try:
+        from rayseg.config import load_config
+        from rayseg.spec.policy import apply_key_policy
+
+        base = load_config(config_path)
+        try:
+            apply_key_policy(base)  # the same spelling fixes the run's own config went through
+        except Exception:
+            pass
+        base_flat = flatten_config(base)
+    except Exception:  # the file changed or vanished since the run was resolved: the name alone
+        return name
+    changed = []
+    for key, value in flatten_config(config).items():
+        before = base_flat.get(key)
+        if before == value or _is_machine_key(key):
+            continue
+        if key == "seed" and before in (None, "None") and value == "0":
+            continue  # seed: null resolves to 0 (reproducible by default): not a choice the user made
+        changed.append(f"{key}={value}")
+    full = " ".join([name, *changed])
+    return full if len(full) <= MAX_RUN_NAME else full[:MAX_RUN_NAME - 1] + "…"
+
+
+def _train_dataset_type(train: Any) -> str:
+    if isinstance(train, list):
+        return "+".join(_train_dataset_type(t) for t in train)
+    if not isinstance(train, dict):
+        return "none"
+    if isinstance(train.get("dataset"), (dict, list)):  # RepeatDataset and other wrappers
+        return _train_dataset_type(train["dataset"])
+    return str(train.get("type", "none"))
+
+
+def _train_pipeline(train: Any) -> List[Any]:
+    if isinstance(train, list):
+        return _train_pipeline(train[0]) if train else []
+    if not isinstance(train, dict):
+        return []
+    if isinstance(train.get("dataset"), (dict, list)):
+        return _train_pipeline(train["dataset"])
+    return list(train.get("pipeline") or [])
+
+
+def headline_params(config: Dict[str, Any], num_workers: int) -> Dict[str, str]:
+    """The few params that tell runs apart at a glance (``HEADLINE_PARAMS``): decode head (or segmentor),
+    backbone (type-depth), training dataset type, random-crop size, iterations, base lr, batch size of all
+    workers together, and the number of workers."""
+    model = config.get("model") or {}
+    head = model.get("decode_head") or {}
+    backbone = model.get("backbone") or {}
+    data = config.get("data") or {}
+    train = data.get("train")
+    crop = next((step.get("crop_size") for step in _train_pipeline(train)
+                 if isinstance(step, dict) and step.get("type") == "RandomCrop"), None)
+    per_worker = data.get("samples_per_gpu")
+    values = {
+        "Model": (head.get("type") if isinstance(head, dict) else None) or model.get("type"),
+        "Backbone": "-".join(str(v) for v in (backbone.get("type"), backbone.get("depth")) if v is not None),
+        "Dataset": _train_dataset_type(train),
+        "Crop": "x".join(str(v) for v in crop) if isinstance(crop, (list, tuple)) else crop,
+        "Iterations": (config.get("runner") or {}).get("max_iters"),
+        "LR": (config.get("optimizer") or {}).get("lr"),
+        "Batch": per_worker * num_workers if isinstance(per_worker, int) else per_worker,
+        "Workers": num_workers,
+    }
+    return {k: str(v) if v not in (None, "") else "none" for k, v in values.items()}
+
+
+def run_params(config: Dict[str, Any], num_workers: int) -> Dict[str, str]:
+    """What a training run logs as params: the headline params, then the full flattened config without the
+    values that only describe the machine (``MACHINE_PARAMS``)."""
+    params = headline_params(config, num_workers)
+    params.update({k: v if v != "" else "''" for k, v in flatten_config(config).items() if k not in MACHINE_PARAMS})
+    return params
+
+
+def describe_store(tracking_uri: str) -> str:
+    """One line naming the store, for the start and end of train and test jobs."""
+    path = sqlite_path(tracking_uri)
+    where = f"{tracking_uri} (local SQLite file {os.path.abspath(path)})" if path else tracking_uri
+    return f"MLflow store: {where}"
 
 
 class MlflowRun:
@@ -92,6 +243,23 @@ class MlflowRun:
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         self._guard("log_artifact", self.client.log_artifact, self.run_id, path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as the artifact ``artifact_file`` (e.g. ``evaluation/val/table.txt``)."""
+        self._guard("log_text", self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_artifact_as(self, path: str, artifact_file: str) -> None:
+        """Log the file ``path`` under the artifact name ``artifact_file`` (its own name may differ)."""
+        folder, name = os.path.split(artifact_file)
+        with tempfile.TemporaryDirectory(prefix="rayseg-artifact-") as tmp:
+            copy = os.path.join(tmp, name)
+            shutil.copyfile(path, copy)
+            self.log_artifact(copy, folder or None)
+
+    @property
+    def url(self) -> str:
+        """This run's page in the MLflow UI (model-training view)."""
+        return run_url(self.tracking_uri, self.experiment_id, self.run_id)
 
     def set_tag(self, key: str, value: Any) -> None:
         self._guard("set_tag", self.client.set_tag, self.run_id, key, str(value))
@@ -187,7 +355,8 @@ def environment_tags(num_workers: int) -> Dict[str, str]:
 
 
 def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
-    """Create the MLflow run of a training job and log the resolved config as params.
+    """Create the MLflow run of a training job: named after the config and its overrides (``run_name``),
+    with the headline params and the flattened config (``run_params``); prints the store.
 
     None (after one warning) when the tracking store is unreachable: training goes on without it.
     """
@@ -201,6 +370,7 @@ def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
         warnings.warn(f"MLflow tracking server {uri} is unreachable ({unreachable}); training continues and logs "
                       "only to log.jsonl", RuntimeWarning, stacklevel=2)
         return None
+    title = tracking.run_name or run_name(spec.config, spec.config_path, spec.work_dir)
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
@@ -213,15 +383,16 @@ def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
         if spec.config_path:
             tags["rayseg.config"] = spec.config_path
         tags.update(tracking.tags)
-        run = client.create_run(exp_id, tags=tags, run_name=tracking.run_name or spec.run_name)
+        run = client.create_run(exp_id, tags=tags, run_name=title)
     except Exception as exc:
         warnings.warn(f"MLflow tracking at {uri} is unavailable ({exc}); training continues and logs only to "
                       "log.jsonl", RuntimeWarning, stacklevel=2)
         return None
     handle = MlflowRun(uri, run.info.run_id, exp_id)
-    params = [Param(k, v if v != "" else "''") for k, v in flatten_config(spec.config).items()]
+    params = [Param(k, v) for k, v in run_params(spec.config, spec.scaling.num_workers).items()]
     for i in range(0, len(params), 100):
         handle._guard("log_params", client.log_batch, run.info.run_id, params=params[i:i + 100])
+    print(f"{describe_store(uri)}; run '{title}' ({run.info.run_id})", flush=True)
     return handle
 
 
@@ -240,6 +411,7 @@ def resume_run(spec: "RunSpec", run_id: str) -> Optional[MlflowRun]:
         warnings.warn(f"cannot reopen MLflow run {run_id} at {uri} ({exc}); starting a new run", RuntimeWarning,
                       stacklevel=2)
         return start_run(spec)
+    print(f"{describe_store(uri)}; continuing run '{run.info.run_name}' ({run_id})", flush=True)
     return MlflowRun(uri, run_id, run.info.experiment_id)
 
 

@@ -1,12 +1,14 @@
 """Shared fixtures: one Ray head per test session (loopback only), tiny generated datasets."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,27 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # start (ray.init, the `ray` CLI, job submission) uses it regardless of ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+# This process becomes a Ray driver (the ray_head fixture calls ray.init), and a Ray driver must not be
+# fork()ed (https://docs.ray.io/en/latest/ray-core/patterns/fork-new-processes.html): its gRPC client is not
+# fork-safe. A fork()ed child (multiprocessing's default start method on Linux, e.g. `mp.Manager()` in
+# test_metrics / test_engine_units) silently broke the driver's subscription to the GCS: it stopped hearing
+# that its new actors were ALIVE, so every later Ray Data actor pool in this process hung with its actors
+# ALIVE and their first calls PENDING_NODE_ASSIGNMENT (issue #9). Children are spawned instead, and a test
+# that forks anyway while Ray is connected fails, naming itself (see _no_fork_while_ray_is_connected).
+multiprocessing.set_start_method("spawn", force=True)
+_FORKS_WHILE_RAY_CONNECTED: list = []
+
+
+def _note_fork() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        frames = [f for f in traceback.extract_stack()[:-1] if "/_pytest/" not in f.filename
+                  and "/pluggy/" not in f.filename]
+        _FORKS_WHILE_RAY_CONNECTED.append("".join(traceback.format_list(frames[-8:])))
+
+
+os.register_at_fork(before=_note_fork)  # subprocess (fork+exec without preexec_fn) does not call it
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "camvid").resolve()
@@ -43,7 +66,10 @@ class RayHead:
                f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+        # Every process of this head (raylet, workers, Train's PlacementGroupCleaner) inherits RAY_ADDRESS, so
+        # Ray's address auto-detection never follows /tmp/ray/ray_current_cluster, which names whichever
+        # cluster was started last on the machine (see pin_ray_address).
+        subprocess.run(cmd, check=True, capture_output=True, timeout=180, env=pin_ray_address(self.address))
         try:
             self._wait_for_dashboard()
         except BaseException:
@@ -69,6 +95,19 @@ class RayHead:
         """Stop this head's processes only: ``ray stop`` would kill every Ray cluster on the machine,
         including ones other test sessions or tools are using."""
         stop_ray_processes(self.port)
+
+
+def pin_ray_address(address: str) -> dict:
+    """The environment for starting a test cluster's processes: ``os.environ`` plus ``RAY_ADDRESS=address``.
+
+    Inside a cluster, Ray resolves an unspecified address (e.g. the state API that Ray Train's
+    PlacementGroupCleaner polls to see whether the run's controller is alive) from RAY_ADDRESS, else from
+    /tmp/ray/ray_current_cluster, a machine-wide file that every ``ray start`` and ``cluster_utils.Cluster``
+    rewrites. With several clusters on one machine (the session head, the simulated cluster, other people's
+    test sessions) it would ask another cluster, find no such controller, and remove the placement group of
+    a live run. Only the started processes get the variable, not this test process.
+    """
+    return dict(os.environ, RAY_ADDRESS=address)
 
 
 def ray_processes(gcs_port: int) -> list[int]:
@@ -112,19 +151,17 @@ def stop_ray_processes(gcs_port: int, grace: float = 10.0) -> None:
             return
 
 
-# Modules that run many Ray Data pipelines and Ray Train jobs in the test process itself. After them, a new
-# Ray Data actor pool in the same process was seen to hang (its actors ALIVE, their first calls pending
-# forever; cause not yet understood), so they run after the other Ray tests, and the cluster test last.
-_LATE_MODULES = ("test_eval_predict.py", "test_faults.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        if item.get_closest_marker("cluster") is not None:
-            return 2
-        return 1 if item.path.name in _LATE_MODULES else 0
-
-    items.sort(key=rank)  # stable: the usual order within each group
+@pytest.fixture(autouse=True)
+def _no_fork_while_ray_is_connected():
+    """Fail the test that fork()ed this process while it was a Ray driver (see the top of this file)."""
+    yield
+    if _FORKS_WHILE_RAY_CONNECTED:
+        where = _FORKS_WHILE_RAY_CONNECTED[-1]
+        _FORKS_WHILE_RAY_CONNECTED.clear()
+        pytest.fail("this test fork()ed the pytest process while it is a Ray driver, which leaves Ray's gRPC "
+                    "client broken for every later test (actor pools hang); start children with "
+                    "multiprocessing.get_context('spawn') or subprocess instead. Forked at:\n" + where,
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

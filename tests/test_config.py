@@ -113,7 +113,10 @@ def test_cfg_options_nested_index_and_yaml_types(tree):
         "mlflow.run_name=smoke",
         "model.decode_head.num_classes=3",  # new key path in a free-form section
         "evaluation.metric=[mIoU, mDice]",
+        "scaling.resources_per_worker={CPU: 1}",
+        "scaling.resources_per_worker.CPU=0.5",  # a float where an int was, in a free-form mapping
     ])
+    assert cfg["scaling"]["resources_per_worker"] == {"CPU": 0.5}
     assert cfg["data"]["train"]["pipeline"][2]["crop_size"] == [64, 64]
     assert cfg["lr_config"]["power"] == 1 and isinstance(cfg["lr_config"]["power"], int)
     assert cfg["runner"]["max_iters"] == 10

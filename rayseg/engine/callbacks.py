@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ray.train import UserCallback
 
-from rayseg.evaluation.report import summary_columns
+from rayseg.evaluation.report import summary_columns, tracked_name
 
 
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,7 +101,10 @@ class TrainLogCallback(UserCallback):
                 f.write(f"{stamp} - rayseg - INFO - {line}\n")
         run = self._mlflow()
         if run is not None and "iter" in record:
-            run.log_metrics({k: v for k, v in record.items() if k != "iter" and v is not None}, step=record["iter"])
+            # log.jsonl keeps MMSeg's keys; MLflow gets the one naming scheme (train/lr, val/mIoU, ...) that
+            # jobs/test.py also logs, so validation and a later evaluation of the val split are one series.
+            run.log_metrics({tracked_name(k): v for k, v in record.items() if k != "iter" and v is not None},
+                            step=record["iter"])
 
     def _keep_best(self, checkpoint, key: str) -> None:
         """Copy the just-persisted checkpoint to ``<run_dir>/best_<key>``, out of ``max_keep_ckpts``' reach."""

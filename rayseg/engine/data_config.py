@@ -20,6 +20,19 @@ class SegDataConfig(DataConfig):
         super().__init__(datasets_to_split="all")
         self._complete = set(complete)
 
+    @staticmethod
+    def default_ingest_options():
+        """Ray Train's default ingest options, read from the current ``DataContext`` as Ray's are.
+
+        Ray's own version passes ``exclude_resources`` (always zero here), which Ray Data 2.60 deprecates
+        with a warning in every process that configures a dataset; leaving it out changes nothing else.
+        """
+        from ray.data import DataContext, ExecutionOptions
+
+        current = DataContext.get_current().execution_options
+        return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=current.preserve_order,
+                                verbose_progress=current.verbose_progress)
+
     def configure(self, datasets: Dict[str, Any], world_size: int, worker_handles: Optional[List[Any]],
                   worker_node_ids: Optional[List[str]], **kwargs) -> List[Dict[str, Any]]:
         equal = {k: v for k, v in datasets.items() if k not in self._complete}

@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_t
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.engine.precision import precision_settings
+from rayseg.engine.progress import ProgressEmitter
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.errors import DataError
@@ -64,21 +65,69 @@ def _mean_across_workers(values: Dict[str, float]) -> Dict[str, float]:
     return {k: float(v) / world for k, v in zip(keys, t.tolist())}
 
 
-class _BatchStream:
-    """Endless view over the shard's single training stream; a clear error if it runs dry."""
+def _free_cpus_text() -> str:
+    """``"cluster: 0 of 2 CPUs free"`` for the timeout message, or "" if Ray cannot say."""
+    try:
+        import ray
 
-    def __init__(self, shard, batch_size: int, device):
+        return (f" (cluster: {ray.available_resources().get('CPU', 0):g} of "
+                f"{ray.cluster_resources().get('CPU', 0):g} CPUs free)")
+    except Exception:
+        return ""
+
+
+class _BatchStream:
+    """Endless view over the shard's single training stream; a clear error if it runs dry, and a DataError
+    instead of a silent hang if the first batch does not arrive within ``first_batch_timeout_s``."""
+
+    def __init__(self, shard, batch_size: int, device, first_batch_timeout_s: Optional[float] = None):
         # Pinned host memory lets the host→GPU copy run asynchronously; it means nothing on CPU.
         self._it: Iterator = iter(shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, device=device, pin_memory=device.type == "cuda",
             dtypes={"img": torch.uint8, "gt_semantic_seg": torch.uint8}))
+        self._first_timeout = first_batch_timeout_s
 
     def next(self, iteration: int) -> Dict[str, torch.Tensor]:
         try:
+            if self._first_timeout is not None:
+                timeout, self._first_timeout = self._first_timeout, None
+                return self._first(timeout)
             return next(self._it)
         except StopIteration:
             raise DataError(f"the training stream ended before iteration {iteration}; "
                             "this is a bug in the stream length computation") from None
+
+    def _first(self, timeout: float) -> Dict[str, torch.Tensor]:
+        """The first batch, waited for at most ``timeout`` seconds.
+
+        Ray Data gives no timeout of its own: when its read tasks or decode actors cannot get a CPU, the
+        iterator blocks forever (Ray only logs "... may hang forever" on the driver). The first batch is
+        fetched in a helper thread so the wait can be bounded; later batches come straight from the stream.
+        On timeout the helper stays blocked, which is harmless: the worker is about to fail and be torn down.
+        """
+        import threading
+
+        box: Dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                box["batch"] = next(self._it)
+            except BaseException as exc:  # handed to the training thread below
+                box["error"] = exc
+
+        helper = threading.Thread(target=fetch, name="rayseg-first-batch", daemon=True)
+        helper.start()
+        helper.join(timeout)
+        if helper.is_alive():
+            raise DataError(
+                f"no training batch arrived within {timeout:g} s (data.first_batch_timeout_s){_free_cpus_text()}: "
+                "most likely Ray Data's read tasks and decode/augment actors are waiting for CPUs that the "
+                "training workers hold; give the cluster more CPUs or lower scaling.num_workers or "
+                "scaling.resources_per_worker.CPU (or raise data.first_batch_timeout_s if the data is only "
+                "slow to read)")
+        if "error" in box:
+            raise box["error"]
+        return box["batch"]
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -130,7 +179,8 @@ def _quiet_worker_logs() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
-def _restore(model: torch.nn.Module, spec: RunSpec, rank: int) -> Dict[str, Any] | None:
+def _restore(model: torch.nn.Module, spec: RunSpec, rank: int,
+             say: Callable[[str], None] = console) -> Dict[str, Any] | None:
     """The training state of the checkpoint Ray Train hands this worker group (None when starting fresh)."""
     import ray.train
 
@@ -141,8 +191,8 @@ def _restore(model: torch.nn.Module, spec: RunSpec, rank: int) -> Dict[str, Any]
         restored = read_checkpoint(folder)
     model.load_state_dict(restored["state_dict"])
     if rank == 0:
-        console(f"Restored the training state of iteration {int(restored['meta']['iter'])}; "
-                f"continuing to {spec.max_iters}")
+        say(f"Restored the training state of iteration {int(restored['meta']['iter'])}; "
+            f"continuing to {spec.max_iters}")
     return restored
 
 
@@ -192,7 +242,11 @@ def _train(config: Dict[str, Any]) -> None:
     if world > 1 and spec.model.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
     max_iters = spec.max_iters
-    restored = _restore(model, spec, rank)
+    # With "progress" the driver draws the progress bar from rank 0's events; without it (a driver that
+    # does not receive the workers' output through rayseg's console) rank 0 prints MMSeg-style lines.
+    progress = ProgressEmitter(rank == 0 and bool(config.get("progress")))
+    say = (lambda text: progress.event(e="msg", text=text)) if progress.enabled else console
+    restored = _restore(model, spec, rank, say)
     start_iter = int(restored["meta"]["iter"]) if restored is not None else 0
     if restored is None and config.get("init_weights") is not None:
         load_model_weights(model, config["init_weights"], str(spec.load_from))
@@ -217,7 +271,8 @@ def _train(config: Dict[str, Any]) -> None:
     schedule = build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, max_iters)
 
     normalizer = DeviceNormalizer.from_pipeline(spec.data.train_pipeline, device=device)
-    stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device)
+    stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device,
+                          first_batch_timeout_s=spec.data.first_batch_timeout_s)
     val_shard = ray.train.get_dataset_shard("val") if evaluation.interval else None
     val_normalizer = (DeviceNormalizer.from_pipeline(spec.data.val_pipeline, device=device)
                       if val_shard is not None else None)
@@ -234,6 +289,7 @@ def _train(config: Dict[str, Any]) -> None:
     iters_timed = 0
     model.train()
     for it in range(start_iter, max_iters):
+        step_tic = time.perf_counter()
         lr = schedule.apply(optimizer, it)
         batch = stream.next(it)
         img = normalizer(batch["img"])
@@ -249,7 +305,9 @@ def _train(config: Dict[str, Any]) -> None:
         is_log = done % log_interval == 0 or done == max_iters
         is_eval = val_shard is not None and (done % evaluation.interval == 0 or done == max_iters)
         is_ckpt = done % ckpt_interval == 0 or done == max_iters
+        step_seconds = time.perf_counter() - step_tic  # data wait + step; validation and reports excluded
         if not (is_log or is_eval or is_ckpt):
+            progress.iteration(done, step_seconds)
             continue
 
         elapsed = time.perf_counter() - tic
@@ -260,7 +318,9 @@ def _train(config: Dict[str, Any]) -> None:
             metrics["skipped_steps"] = step.skipped
         sec_per_iter = elapsed / max(1, iters_timed)
         metrics["time"] = sec_per_iter
-        if rank == 0:
+        if progress.enabled:
+            progress.iteration(done, step_seconds, force=True, log=is_log, loss=metrics.get("loss"))
+        elif rank == 0:
             loss_txt = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if "loss" in k or "acc" in k)
             console(f"Iter [{done}/{max_iters}]  lr: {lr:.3e}, eta: {_format_eta(sec_per_iter * (max_iters - done))}, "
                     f"time: {sec_per_iter:.3f}s/it, {loss_txt}")
@@ -275,7 +335,10 @@ def _train(config: Dict[str, Any]) -> None:
             model.train()
             metrics.update(flatten_eval_metrics(results, class_names))
             metrics["per_class"] = {k: results[k] for k in PER_CLASS_KEYS}
-            if rank == 0:
+            if progress.enabled:
+                progress.event(e="val", i=done, line=_val_line(done, results, evaluation.metrics),
+                               mIoU=results.get("mIoU"))
+            elif rank == 0:
                 console(_val_line(done, results, evaluation.metrics))
             # The areas were all-reduced, so every worker reaches the same verdict here.
             if best is not None and best.update(results, done):
@@ -299,5 +362,6 @@ def _train(config: Dict[str, Any]) -> None:
             ray.train.report(metrics)
         tic = time.perf_counter()
         iters_timed = 0
+    progress.event(e="end", i=max_iters)  # tells the driver that no more progress lines will follow
     if monitor is not None:
         monitor.finish()

@@ -7,7 +7,11 @@ from typing import Any, Dict, Optional
 
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, atomic_torch_save, load_weights_file, weights_file_payload
 from rayseg.evaluation.metrics import SUMMARY_KEYS
+from rayseg.evaluation.report import EVALUATION_ARTIFACTS, VAL_PREFIX
 from rayseg.spec.sections import RunSpec
+
+# The validation tables a finished run leaves in its work dir (MMSeg's names), by their MLflow artifact name.
+WORK_DIR_TABLES = {"table.txt": "val_table.txt", "per_class.csv": "per_class.csv", "metrics.json": "val_metrics.json"}
 
 
 def write_best_weights(spec: RunSpec, run_dir: str, train_set, run=None) -> Optional[str]:
@@ -68,21 +72,26 @@ def write_final_outputs(result, spec: RunSpec, train_set, run=None, run_dir: Opt
         table = format_tables(results, names, metrics=spec.evaluation.metrics)
         summary["table"] = table
         summary["metrics"] = metrics_to_json(results, names)
-        for name, text in (("val_table.txt", table), ("per_class.csv", per_class_csv(results, names)),
-                           ("val_metrics.json", json.dumps(summary["metrics"], indent=2))):
-            path = os.path.join(spec.work_dir, name)
-            with open(path, "w") as f:
+        texts = {"table.txt": table, "per_class.csv": per_class_csv(results, names),
+                 "metrics.json": json.dumps(summary["metrics"], indent=2)}
+        for artifact, text in texts.items():
+            # MMSeg's file names in the work dir; in MLflow the names jobs/test.py also uses, under
+            # evaluation/val/ (its --split val overwrites them with the same numbers and adds confusion.png).
+            with open(os.path.join(spec.work_dir, WORK_DIR_TABLES[artifact]), "w") as f:
                 f.write(text)
             if run is not None:
-                run.log_artifact(path, "evaluation")
+                run.log_text(text, f"{EVALUATION_ARTIFACTS}/{VAL_PREFIX}/{artifact}")
     return summary
 
 
 def mlflow_summary(run) -> Optional[Dict[str, str]]:
-    """Where to find the run: its store, id, the command that opens the UI and the run's URL (None without)."""
-    from rayseg.tracking import run_url, ui_command
+    """Where to find the run: its store, id, the command that opens the UI, the run's and its experiment's
+    URLs (model-training view) and the store line to print (None without a run)."""
+    from rayseg.tracking import describe_store, experiment_url, run_url, ui_command
 
     if run is None:
         return None
     return {"tracking_uri": run.tracking_uri, "run_id": run.run_id, "ui": ui_command(run.tracking_uri),
-            "url": run_url(run.tracking_uri, run.experiment_id, run.run_id)}
+            "url": run_url(run.tracking_uri, run.experiment_id, run.run_id),
+            "experiment_url": experiment_url(run.tracking_uri, run.experiment_id),
+            "store": describe_store(run.tracking_uri)}

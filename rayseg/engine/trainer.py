@@ -7,12 +7,14 @@ rayseg exception itself, not as Ray's wrapping of it.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import logging
 import math
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from rayseg.config import dump_config
+from rayseg.engine.progress import WORKER_STDERR_LOG, TrainingConsole
 from rayseg.engine.storage import check_storage_for_cluster
 from rayseg.engine.storage import join as storage_join
 from rayseg.errors import ConfigError
@@ -32,6 +34,82 @@ def num_ingest_actors(spec: RunSpec) -> int:
 def cpus_needed(spec: RunSpec) -> float:
     """Logical CPUs the job asks Ray for: the training workers plus the train and val ingest actors."""
     return spec.scaling.num_workers * spec.scaling.cpus_per_worker + 2 * num_ingest_actors(spec) * INGEST_ACTOR_CPUS
+
+
+# Ray Data's read tasks (ReadRange, then the file reads fused into it) ask for one whole CPU each. At least
+# one must fit beside the training workers and the actor pools, or the stream never starts ("Cluster
+# resources are not enough to run any task from TaskPoolMapOperator[ReadRange]") and training waits forever.
+READ_TASK_CPUS = 1.0
+
+
+def num_val_actors(spec: RunSpec) -> int:
+    """Decode actors of the validation stream (0 without validation)."""
+    return max(1, num_ingest_actors(spec) // 2) if spec.evaluation.interval and spec.data.val else 0
+
+
+def cluster_cpus_needed(spec: RunSpec, validation: bool = False) -> float:
+    """CPUs the cluster must have for training to start: the workers, the training stream's decode actors and
+    one read task; with ``validation`` also the validation stream's actors, which run beside them."""
+    actors = num_ingest_actors(spec) + (num_val_actors(spec) if validation else 0)
+    return spec.scaling.num_workers * spec.scaling.cpus_per_worker + actors * INGEST_ACTOR_CPUS + READ_TASK_CPUS
+
+
+def check_cluster_room(spec: RunSpec, total: Dict[str, float], autoscaler_max: Optional[Dict[str, float]],
+                       address: str = "") -> Optional[str]:
+    """Refuse, in one line saying what to change, a job the cluster can never start (it would hang, not fail).
+
+    ``total``: ``ray.cluster_resources()``; ``autoscaler_max``: the most the cluster's autoscaler could provide
+    (Ray's ``get_max_resources_from_cluster_config()``; None on a fixed cluster such as ``ray start --head``).
+    A cluster that merely is busy now is not refused: other jobs finish (the first-batch timeout covers the
+    rest). Returns a warning when training can start but validation's decode actors would have to wait for
+    the training stream to finish (a short stream finishes first; a long one makes validation wait).
+    """
+    def capacity(resource: str) -> float:
+        return max(float(total.get(resource, 0)), float((autoscaler_max or {}).get(resource, 0)))
+
+    sc = spec.scaling
+    where = f" at {address}" if address else ""
+    need, full = cluster_cpus_needed(spec), cluster_cpus_needed(spec, validation=True)
+    enough = f"{math.ceil(full):d} CPUs (`ray start --head --num-cpus {math.ceil(full):d}` on one machine, or more nodes)"
+    if capacity("CPU") + 1e-9 < need:
+        fits = next((n for n in range(sc.num_workers - 1, 0, -1) if cluster_cpus_needed(
+            dataclasses.replace(spec, scaling=dataclasses.replace(sc, num_workers=n))) <= capacity("CPU")), 0)
+        fewer = f"use scaling.num_workers={fits} or a smaller " if fits else "lower "
+        raise ConfigError(
+            f"the Ray cluster{where} has {capacity('CPU'):g} CPUs but this job needs {need:g} to start: "
+            f"scaling.num_workers ({sc.num_workers}) x scaling.resources_per_worker.CPU ({sc.cpus_per_worker:g}) "
+            f"for training, {num_ingest_actors(spec)} decode/augment actors x {INGEST_ACTOR_CPUS:g} "
+            f"(data.workers_per_gpu {spec.data.workers_per_gpu} per worker) and {READ_TASK_CPUS:g} for Ray Data's "
+            f"read tasks, without which training would wait forever for its first batch; {fewer}"
+            f"scaling.resources_per_worker.CPU, or give the cluster {enough}")
+    wanted = dict(sc.resources_per_worker or {})
+    if sc.use_gpu:
+        wanted.setdefault("GPU", 1)
+    for resource, amount in wanted.items():
+        if resource != "CPU" and amount and capacity(resource) + 1e-9 < amount * sc.num_workers:
+            raise ConfigError(f"the Ray cluster{where} has {capacity(resource):g} {resource} but scaling.num_workers "
+                              f"({sc.num_workers}) x {amount:g} {resource} per worker needs "
+                              f"{amount * sc.num_workers:g}; lower scaling.num_workers or add nodes with {resource}")
+    if capacity("CPU") + 1e-9 < full:
+        return (f"the Ray cluster{where} has {capacity('CPU'):g} CPUs; validation's decode actors need "
+                f"{full:g} in all, so each validation may wait for the training stream to finish; give the "
+                f"cluster {enough}")
+    return None
+
+
+def _check_cluster_room(spec: RunSpec, address: Optional[str]) -> None:
+    import ray
+
+    try:
+        from ray._private.state import state as ray_state  # what Ray Train's own resource check reads
+
+        autoscaler_max = ray_state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: without it, judge by the nodes that are there
+        autoscaler_max = None
+    warning = check_cluster_room(spec, ray.cluster_resources(), autoscaler_max,
+                                 address or os.environ.get("RAY_ADDRESS", ""))
+    if warning:
+        logging.getLogger(__name__).warning(warning)
 
 
 class TrainStreamFactory:
@@ -73,43 +151,6 @@ def keep_original_errors(dataset):
     """
     dataset.context.raise_original_map_exception = True
     return dataset
-
-
-WORKER_STDERR_LOG = "ray_workers.log"
-
-
-@contextlib.contextmanager
-def worker_stderr_to_file(path: str) -> Iterator[None]:
-    """Send what Ray forwards from the workers' and actors' *stderr* to ``path`` instead of this console.
-
-    When a worker fails, every Ray process that saw it (train workers, Ray Data's split coordinator and
-    actors) prints its own traceback, about 200 lines that bury the one ``error:`` line. The progress line is
-    written to stdout and still reaches the console. This swaps Ray's log-forwarding handler, a private
-    API; if it is not there, nothing changes.
-    """
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-        handlers = list(dispatcher.handlers)
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def wrap(forward):
-        def handler(data):
-            if not data.get("is_err"):
-                return forward(data)
-            who = data.get("actor_name") or data.get("task_name") or ""
-            with open(path, "a") as f:
-                for line in data.get("lines", []):
-                    f.write(f"({who} pid={data.get('pid')}) {line}\n")
-        return handler
-
-    dispatcher.handlers = [(name, wrap(fn) if name == "ray_print_logs" else fn) for name, fn in handlers]
-    try:
-        yield
-    finally:
-        dispatcher.handlers = handlers
 
 
 def _check_cluster_storage(storage: str) -> None:
@@ -183,20 +224,21 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     from rayseg.engine.resume import read_run_state, write_run_state
     from rayseg.tracking import resume_run, start_run, system_metrics_spec
 
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    connect_ray(address, num_cpus_needed=math.ceil(cpus_needed(spec)), dashboard=True)
+    _check_cluster_storage(spec.checkpoint.storage)
+    _check_cluster_room(spec, address)  # before the work dir exists: a refused job leaves nothing behind
     os.makedirs(spec.work_dir, exist_ok=True)
     config_file = os.path.join(spec.work_dir, "config.yaml")
     with open(config_file, "w") as f:
         f.write(dump_config(spec.config))
-    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-    connect_ray(address, num_cpus_needed=math.ceil(cpus_needed(spec)), dashboard=True)
-    _check_cluster_storage(spec.checkpoint.storage)
     # Block order matters only for the training stream, which the controller builds with its own context;
     # the driver's DataContext is the caller's process-wide one and must not keep preserve_order afterwards.
     quiet_ray_data()
     datasets: Dict[str, Any] = {"train": TrainStreamFactory(checked.train_set, spec, run_dir, start_iter)}
     if checked.val_set is not None:
         datasets["val"] = keep_original_errors(build_eval_stream(
-            checked.val_set, num_actors=max(1, num_ingest_actors(spec) // 2), actor_num_cpus=INGEST_ACTOR_CPUS))
+            checked.val_set, num_actors=max(1, num_val_actors(spec)), actor_num_cpus=INGEST_ACTOR_CPUS))
 
     state = read_run_state(spec.work_dir)
     run = resume_run(spec, state["mlflow_run_id"]) if start_iter and state.get("mlflow_run_id") else start_run(spec)
@@ -213,17 +255,19 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
         callbacks=[TrainLogCallback(spec.log_path, run.tracking_uri if run else None, run.run_id if run else None,
                                     max_iters=spec.max_iters, run_dir=run_dir, metrics=spec.evaluation.metrics)])
     class_names = list(checked.train_set.CLASSES) if getattr(checked.train_set, "CLASSES", None) else None
+    console = TrainingConsole(spec.max_iters, start_iter, spec.data.samples_per_gpu * scaling.num_workers,
+                              log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "init_weights": init_weights, "class_names": class_names,
-                           "system_metrics": system_metrics_spec(spec, run)},
+                           "system_metrics": system_metrics_spec(spec, run), "progress": console.events},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,
                                      placement_strategy=scaling.placement_strategy),
         run_config=run_config, datasets=datasets, dataset_config=SegDataConfig(complete=("val",)),
         resume_from_checkpoint=Checkpoint.from_directory(resume_from) if resume_from else None)
     try:
-        with worker_stderr_to_file(os.path.join(spec.work_dir, WORKER_STDERR_LOG)):
+        with console:  # the progress bar or lines; Ray's stderr to WORK_DIR/ray_workers.log unless verbose
             result = trainer.fit()
     except BaseException as exc:
         if run is not None:

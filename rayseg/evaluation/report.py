@@ -142,3 +142,37 @@ def scalar_metrics(results: Dict[str, Any], class_names: Optional[Sequence[str]]
         for name, value in zip(names, results[stat]):
             flat[f"{head}{stat}.{metric_key(name)}"] = float(value)
     return flat
+
+
+# ---------------------------------------------------------------- tracked metric names
+# One naming scheme for MLflow, shared by training and jobs/test.py (docs/mlflow.md):
+#   train/<key>          what the training loop reports: lr, time, loss, decode.loss_ce, decode.acc_seg, ...
+#   <split>/<metric>     an evaluation of a data split: val/mIoU, val/IoU.<class>, test/aAcc, ...
+#   <split>_aug/<metric> the same with test-time augmentation (jobs/test.py --aug-test): val_aug/mIoU
+# Validation during training is an evaluation of the val split, so it and `jobs/test.py --split val` log
+# the same names, at the checkpoint's iteration.
+TRAIN_PREFIX = "train"
+VAL_PREFIX = "val"
+# Artifacts of an evaluation: evaluation/<prefix>/{table.txt, per_class.csv, metrics.json, confusion.png},
+# written by training (its final validation) and by jobs/test.py alike.
+EVALUATION_ARTIFACTS = "evaluation"
+
+
+def eval_prefix(split: str, aug_test: bool = False) -> str:
+    """The metric prefix (and ``evaluation/<prefix>/`` artifact folder) of an evaluation of ``split``."""
+    return f"{split}_aug" if aug_test else str(split)
+
+
+def is_eval_metric(key: str) -> bool:
+    """True for keys that are evaluation results: the summary metrics, ``<stat>.<class>`` per-class values
+    and ``best_<metric>`` (the best validation score so far)."""
+    if key in SUMMARY_KEYS or key.startswith("best_"):
+        return True
+    stat, dot, _ = key.partition(".")
+    return bool(dot) and stat in PER_CLASS_KEYS
+
+
+def tracked_name(key: str, prefix: str = VAL_PREFIX) -> str:
+    """The MLflow name of one key of a training report: ``<prefix>/<key>`` for evaluation results,
+    ``train/<key>`` for everything else (``lr`` → ``train/lr``, ``mIoU`` → ``val/mIoU``)."""
+    return f"{prefix if is_eval_metric(key) else TRAIN_PREFIX}/{key}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -103,13 +103,73 @@ def _check_dataset_args(dataset_cfg: Dict[str, Any], where: str) -> None:
     check_pipeline(dataset_cfg.get("pipeline"), f"{where}.pipeline")
 
 
+_JOB_COPY = ("this job runs in Ray's temporary copy of the submitted working directory ({pkg}), which holds "
+             "only the uploaded files (.rayignore leaves data/ and work_dirs/ out) and is deleted with the Ray "
+             "session")
+
+
+def _local_path_of(uri: str) -> Optional[str]:
+    """The local file a tracking URI or storage location points at (None for servers and object stores)."""
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):]
+    for scheme in ("file://", "file:"):
+        if uri.startswith(scheme):
+            return uri[len(scheme):]
+    return None if "://" in uri else uri
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def check_job_paths(spec: RunSpec, package_dir: Optional[str]) -> None:
+    """Under ``ray job submit --working-dir``, refuse inputs that are not in the job's copy and outputs that
+    would land in it (and vanish with it), saying to use an absolute path, a shared mount or a URI.
+
+    ``package_dir``: the copy (``rayseg.utils.ray_session.job_package_dir()``); None outside such a job. A
+    relative ``data_root`` that does exist in the copy (data uploaded with the code) is accepted. Where the
+    user meant a relative path to point cannot be known from inside the job, so nothing is re-resolved.
+    """
+    if package_dir is None:
+        return
+    why = _JOB_COPY.format(pkg=package_dir)
+    splits = [("train", spec.data.train)] + ([("val", spec.data.val)] if spec.evaluation.interval else [])
+    for split, dataset_cfg in splits:
+        if not isinstance(dataset_cfg, dict):
+            continue
+        root, img_dir = dataset_cfg.get("data_root"), dataset_cfg.get("img_dir") or ""
+        key, shown = (f"data.{split}.data_root", root) if root else (f"data.{split}.img_dir", img_dir)
+        if not isinstance(shown, str) or not shown or os.path.isabs(shown) or "://" in shown:
+            continue
+        images = os.path.join(root, img_dir) if root and not os.path.isabs(img_dir) else (img_dir or root)
+        if not os.path.isdir(images):
+            raise ConfigError(f"{key}: {shown!r} is a relative path and {why}; use an absolute path that exists "
+                              f"on every node (a shared mount): --cfg-options {key}=/ABSOLUTE/PATH")
+    outputs = [
+        ("the work dir (--work-dir, work_dir or the default work_dirs/<config name>)", spec.work_dir,
+         "pass --work-dir /ABSOLUTE/PATH on storage the head can write (a shared mount on a multi-node cluster)"),
+        ("storage_path", spec.checkpoint.storage, "use an absolute path on a shared mount or a URI (s3://, gs://)"),
+        ("mlflow.tracking_uri", _local_path_of(spec.tracking.tracking_uri) or "",
+         "use an absolute path or a tracking server (http://...)"),
+    ]
+    for key, path, fix in outputs:
+        if path and _inside(os.path.join(package_dir, path), package_dir):
+            raise ConfigError(f"{key}: {path} would be inside the job's working-directory copy: {why}, and "
+                              f"the outputs with it; {fix}")
+
+
 def check_run(spec: RunSpec, list_data: bool = True) -> CheckedRun:
     """Build the model (meta device, no pretrained weights), its losses, the optimizer, the lr schedule and
     every pipeline; with ``list_data`` also list the train and val datasets. Raises ConfigError/DataError
-    naming the key path; creates no file and starts nothing."""
+    naming the key path; creates no file and starts nothing. With ``list_data`` (the run is about to start),
+    a job submitted with ``--working-dir`` is also checked for paths into its temporary copy."""
     from rayseg.datasets import build_dataset
     from rayseg.engine.optim import build_lr_schedule, build_optimizer
+    from rayseg.utils.ray_session import job_package_dir
 
+    if list_data:
+        check_job_paths(spec, job_package_dir())
     model = build_model_checked(spec.model.config)
     _at("optimizer", lambda: build_optimizer(model, spec.optim.optimizer))
     _at("lr_config", lambda: build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, spec.max_iters))

@@ -17,6 +17,9 @@ from rayseg.spec.sections import (CheckpointSpec, DataSpec, EvalSpec, LogSpec, M
 
 DEFAULT_LR_CONFIG: Dict[str, Any] = {"policy": "poly", "power": 0.9, "min_lr": 1e-4, "by_epoch": False}
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Ray Data start-up is 8–12 s on 2 cores; object-storage reads can be slower. Five minutes without a
+# first batch means the stream cannot run, not that it is slow.
+DEFAULT_FIRST_BATCH_TIMEOUT_S = 300.0
 
 
 def resolve_work_dir(cfg: Dict[str, Any], work_dir: Optional[str], config_path: Optional[str]) -> str:
@@ -66,9 +69,13 @@ def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
     if eval_interval and not data.get("val"):
         raise ConfigError(f"evaluation.interval is {eval_interval} but data.val is not set; add data.val or set "
                           "evaluation.interval: 0")
+    first_batch_timeout = float(data.get("first_batch_timeout_s", DEFAULT_FIRST_BATCH_TIMEOUT_S))
+    if first_batch_timeout <= 0:
+        raise ConfigError(f"data.first_batch_timeout_s must be > 0 seconds, got {first_batch_timeout}")
     # workers_per_gpu: 0 means "load in the training process" in MMSeg; under Ray one actor per worker decodes.
     return DataSpec(samples_per_gpu=int(data["samples_per_gpu"]), workers_per_gpu=max(1, int(workers)),
-                    train=data["train"], val=data.get("val") or None, test=data.get("test") or None)
+                    train=data["train"], val=data.get("val") or None, test=data.get("test") or None,
+                    first_batch_timeout_s=first_batch_timeout)
 
 
 def _optim(cfg: Dict[str, Any]) -> OptimSpec:
@@ -125,8 +132,11 @@ def _scaling(cfg: Dict[str, Any]) -> ScalingSpec:
 def _tracking(cfg: Dict[str, Any], work_dir: str) -> TrackingSpec:
     from rayseg.tracking import tracking_store
 
-    ml = cfg.get("mlflow") or {}
+    ml = cfg.setdefault("mlflow", {})
     uri, artifact_root = tracking_store(ml.get("tracking_uri"), work_dir)
+    # Resolved once, here, and kept in the config: config.yaml and every checkpoint's meta then name the store
+    # this run records to, so `jobs/test.py --mlflow-run-id` finds the run wherever it is started.
+    ml["tracking_uri"] = uri
     interval = float(ml.get("system_metrics_interval", 10))
     if interval <= 0:
         raise ConfigError(f"mlflow.system_metrics_interval must be > 0 seconds, got {interval}")

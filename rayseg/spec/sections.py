@@ -21,6 +21,9 @@ class DataSpec:
     train: Dict[str, Any]
     val: Optional[Dict[str, Any]] = None
     test: Optional[Dict[str, Any]] = None
+    # Seconds a training worker waits for its first batch before it stops with an error naming the likely
+    # cause (no CPU left for Ray Data's read tasks and decode/augment actors) instead of hanging.
+    first_batch_timeout_s: float = 300.0
 
     @property
     def train_pipeline(self) -> List[Dict[str, Any]]:
@@ -96,7 +99,9 @@ class PrecisionSpec:
 
 @dataclass(frozen=True)
 class TrackingSpec:
-    """``mlflow``: where the run is recorded (tracking URI already resolved against the work dir)."""
+    """``mlflow``: where the run is recorded. The tracking URI is resolved once on the driver
+    (``rayseg.tracking.tracking_store``: config, ``MLFLOW_TRACKING_URI``, else the project checkout's
+    ``work_dirs/mlflow.db``) and written back into the config's ``mlflow.tracking_uri``."""
 
     tracking_uri: str
     artifact_root: Optional[str] = None  # only for the local default store

@@ -154,8 +154,8 @@ def test_jobs_test_logs_to_new_and_existing_mlflow_runs(ray_head, ckpt, demo_dat
     assert run.data.tags["rayseg.kind"] == "evaluation" and run.info.status == "FINISHED"
     assert {"val/mIoU", "val/aAcc", "val/IoU.triangle"} <= set(run.data.metrics)
     assert client.get_metric_history(run.info.run_id, "val/mIoU")[0].step == 7  # the checkpoint's iteration
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/val")} >= {
-        "evaluation/val/val_metrics_confusion.png", "evaluation/val/table.txt"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/val")} == {
+        f"evaluation/val/{name}" for name in ("confusion.png", "table.txt", "per_class.csv", "metrics.json")}
     assert str(run.info.artifact_uri).startswith(f"file://{tmp_path}")  # beside the store, not ./mlruns
 
     # An existing run, evaluated by 2 actors on the test cluster: same numbers, logged into that run.
@@ -166,7 +166,7 @@ def test_jobs_test_logs_to_new_and_existing_mlflow_runs(ray_head, ckpt, demo_dat
     logged = client.get_run(other).data.metrics
     assert logged["val/mIoU"] == pytest.approx(run.data.metrics["val/mIoU"], abs=0, rel=1e-12)
     names = {a.path for a in client.list_artifacts(other, "evaluation/val")}
-    assert {"evaluation/val/m.json", "evaluation/val/m_confusion.png"} <= names
+    assert {"evaluation/val/metrics.json", "evaluation/val/confusion.png"} <= names  # whatever --out is called
 
     proc = run_job("test.py", *common, "--mlflow-run-id", "0" * 32)
     assert proc.returncode == 2 and "error:" in proc.stderr and "0" * 32 in proc.stderr

@@ -64,9 +64,11 @@ def test_reports_go_to_both_logs_and_mlflow_once(tmp_path, mlflow_run):
     text = (tmp_path / "work" / "train.log").read_text()
     assert "Iter [2/6]" in text and "Iter(val) [4]\taAcc: 90.00, mAcc: 60.00, mDice: 65.00" in text
     assert "mIoU" not in text.split("Iter(val)")[1]
-    history = client.get_metric_history(run.run_id, "loss")
+    # MLflow names: train/<key> for the loop's numbers, val/<metric> for validation (as jobs/test.py logs).
+    history = client.get_metric_history(run.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(2, 1.0), (4, 0.5)]
-    assert [m.step for m in client.get_metric_history(run.run_id, "mDice")] == [4]
+    assert [m.step for m in client.get_metric_history(run.run_id, "val/mDice")] == [4]
+    assert set(client.get_run(run.run_id).data.metrics) == {"train/lr", "train/loss", *(f"val/{k}" for k in VAL)}
     # A new callback over the same log (a resumed job) starts after what is already written.
     assert TrainLogCallback(str(log)).last_iter == 4
 

@@ -70,7 +70,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(ray_head, demo_data, 
     assert logged_iters(work / "log.jsonl") == list(range(1, max_iters + 1))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, max_iters + 1))
     assert run.info.status == "FINISHED"
 

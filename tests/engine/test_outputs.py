@@ -104,9 +104,15 @@ def test_outputs_are_logged_to_mlflow(tmp_path):
     client = MlflowClient(tracking_uri=run.tracking_uri)
     weights = {a.path for a in client.list_artifacts(run.run_id, "weights")}
     assert weights == {"weights/latest.pth", "weights/best_mIoU_iter_3.pth"}
-    evaluation = {a.path for a in client.list_artifacts(run.run_id, "evaluation")}
-    assert evaluation == {"evaluation/val_table.txt", "evaluation/per_class.csv", "evaluation/val_metrics.json"}
+    # The names jobs/test.py uses too: evaluation/<split>/...
+    evaluation = {a.path for a in client.list_artifacts(run.run_id, "evaluation/val")}
+    assert evaluation == {"evaluation/val/table.txt", "evaluation/val/per_class.csv", "evaluation/val/metrics.json"}
+    table = client.download_artifacts(run.run_id, "evaluation/val/table.txt", str(tmp_path / "dl"))
+    assert open(table).read() == (work / "val_table.txt").read_text()
     assert client.get_run(run.run_id).data.tags["best_mIoU"] == "41.5000 at iteration 3"
     summary = mlflow_summary(run)
-    assert summary["run_id"] == run.run_id and summary["url"].endswith(run.run_id)
+    assert summary["run_id"] == run.run_id
+    assert summary["url"].endswith(f"/runs/{run.run_id}?workflowType=machine_learning")
+    assert summary["experiment_url"].endswith(f"/experiments/{run.experiment_id}?workflowType=machine_learning")
+    assert summary["store"].startswith(f"MLflow store: {run.tracking_uri}")
     assert mlflow_summary(None) is None

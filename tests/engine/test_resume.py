@@ -53,7 +53,7 @@ def test_resume_continues_one_history(first_run, demo_data):
     assert torch.load(work / "latest.pth", weights_only=True)["meta"]["iter"] == 6
     assert summary["mlflow"]["run_id"] == first["mlflow"]["run_id"]
     client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
-    steps = [m.step for m in client.get_metric_history(summary["mlflow"]["run_id"], "loss")]
+    steps = [m.step for m in client.get_metric_history(summary["mlflow"]["run_id"], "train/loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     # The schedule continued at iteration 5 (index 4) of the new 6-iteration schedule instead of
     # restarting at 0, as MMSeg's resume does.

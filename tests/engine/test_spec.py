@@ -217,3 +217,86 @@ def test_worker_errors_come_back_as_the_plain_rayseg_error():
                           "backoff 0.0s).\nTo change retry attempts ... if you believe this to be transient.")
     assert str(user_error(WorkerGroupError("x", {0: annotated}))) == "cannot decode image b.png"
     assert user_error(WorkerGroupError("x", {0: RuntimeError("a bug")})) is None
+
+
+def test_first_batch_timeout_is_resolved_once():
+    assert _spec().data.first_batch_timeout_s == 300.0
+    assert _spec("data.first_batch_timeout_s=20").data.first_batch_timeout_s == 20.0
+    with pytest.raises(ConfigError, match=r"data.first_batch_timeout_s must be > 0 seconds, got 0"):
+        _spec("data.first_batch_timeout_s=0")
+    with pytest.raises(ConfigError, match="first_batch_timeout_s"):
+        _spec("data.first_batch_timeout_s=soon")
+
+
+def _job_copy(tmp_path):
+    """A folder where Ray unpacks ``ray job submit --working-dir``, with the uploaded repository in it."""
+    pkg = tmp_path / "ray" / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    (pkg / "tests" / "configs").mkdir(parents=True)
+    return pkg
+
+
+def test_under_a_job_copy_relative_inputs_and_outputs_are_refused(demo_data, tmp_path, monkeypatch):
+    from rayseg.utils.ray_session import job_package_dir
+
+    pkg = _job_copy(tmp_path)
+    assert job_package_dir(str(pkg / "jobs")) == str(pkg) and job_package_dir(str(tmp_path)) is None
+    monkeypatch.chdir(pkg)
+    # The config's own data_root (data/demo) is relative, and data/ is never uploaded.
+    with pytest.raises(ConfigError, match=r"^data.train.data_root: 'data/demo' is a relative path and this job runs "
+                                          r"in Ray's temporary copy .*_ray_pkg_0123abcd.*use an absolute path"):
+        check_run(_spec(work_dir=str(tmp_path / "out")))
+    # Data given absolutely, but the default work dir (work_dirs/<config>) would land in the copy.
+    with pytest.raises(ConfigError, match=r"^the work dir .* would be inside the job's working-directory copy.*"
+                                          r"--work-dir /ABSOLUTE/PATH"):
+        check_run(resolve_run(load_config(TINY, _data(demo_data)), config_path=TINY))
+    with pytest.raises(ConfigError, match=r"^storage_path: .* would be inside"):
+        check_run(_spec(*_data(demo_data), "storage_path=ckpts", work_dir=str(tmp_path / "out")))
+    with pytest.raises(ConfigError, match=r"^mlflow.tracking_uri: mlruns.db would be inside"):
+        check_run(_spec(*_data(demo_data), "mlflow.tracking_uri=sqlite:///mlruns.db", work_dir=str(tmp_path / "o")))
+    # Absolute paths pass; so does a relative data root that was uploaded with the code.
+    assert len(check_run(_spec(*_data(demo_data), work_dir=str(tmp_path / "out"))).train_set) == 24
+    os.symlink(demo_data, pkg / "uploaded")
+    assert len(check_run(_spec(*_data("uploaded"), work_dir=str(tmp_path / "out"))).train_set) == 24
+    # Outside a job copy relative paths keep their usual meaning (print_config never checks this).
+    monkeypatch.chdir(tmp_path)
+    check_run(_spec(*_data(demo_data), work_dir="rel/out"))
+
+
+def test_train_under_a_job_copy_fails_in_one_line_before_anything_starts(tmp_path):
+    pkg = _job_copy(tmp_path)
+    start = time.monotonic()
+    proc = _job("train.py", TINY, cwd=pkg)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: data.train.data_root: 'data/demo' is a relative path")
+    assert time.monotonic() - start < 120 and sorted(p.name for p in pkg.iterdir()) == ["tests"]
+
+
+@pytest.mark.parametrize("options,total,autoscaler,match", [
+    # The issue's hang: `ray start --head --num-cpus 2`, 2 workers x 1 CPU.
+    ((), {"CPU": 2.0}, None, r"has 2 CPUs but this job needs 4 to start: scaling.num_workers \(2\) x "
+                             r"scaling.resources_per_worker.CPU \(1\) for training, 2 decode/augment actors x 0\.5 "
+                             r"\(data.workers_per_gpu 1 per worker\) and 1 for Ray Data's read tasks.*; lower "
+                             r"scaling.resources_per_worker.CPU, or give the cluster 5 CPUs "
+                             r"\(`ray start --head --num-cpus 5`"),
+    (("scaling.num_workers=3",), {"CPU": 4.0}, None, r"has 4 CPUs but this job needs 5\.5 to start: .*; use "
+                                                     r"scaling.num_workers=2 or a smaller scaling.resources_per_worker"),
+    (("scaling.use_gpu=true",), {"CPU": 8.0, "GPU": 1.0}, None, r"has 1 GPU but scaling.num_workers \(2\) x 1 GPU"),
+])
+def test_cluster_room_is_refused_with_what_to_change(options, total, autoscaler, match):
+    from rayseg.engine.trainer import check_cluster_room
+
+    with pytest.raises(ConfigError, match=r"^the Ray cluster at 127.0.0.1:6379 " + match):
+        check_cluster_room(_spec(*options), total, autoscaler, "127.0.0.1:6379")
+
+
+def test_cluster_room_counts_what_runs_and_what_an_autoscaler_can_add():
+    from rayseg.engine.trainer import check_cluster_room, cluster_cpus_needed
+
+    spec = _spec("scaling.num_workers=1", "scaling.resources_per_worker={CPU: 0.5}", "evaluation.interval=0")
+    assert cluster_cpus_needed(spec) == cluster_cpus_needed(spec, validation=True) == 2.0  # 0.5 + 0.5 + 1
+    assert check_cluster_room(spec, {"CPU": 2.0}, None) is None
+    assert check_cluster_room(_spec(), {"CPU": 5.0}, None) is None
+    # 2 workers + 2 decode actors + a read task can start on 4; validation's actor would have to wait.
+    assert "validation's decode actors need 4.5" in check_cluster_room(_spec(), {"CPU": 4.0}, None)
+    assert check_cluster_room(_spec(), {"CPU": 2.0}, {"CPU": 64}) is None  # the autoscaler adds nodes
+    assert check_cluster_room(_spec("scaling.use_gpu=true"), {"CPU": 8.0}, {"CPU": 64, "GPU": 8}) is None

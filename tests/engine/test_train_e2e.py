@@ -136,17 +136,17 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(trained, mlflow_server):
     tags = run.data.tags
     assert tags["ray.num_nodes"] == "1" and tags["rayseg.num_workers"] == "2"
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["ray.job_id"]
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [2, 3, 4, 6]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")] == [3, 6]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mIoU")] == [3, 6]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "log.jsonl", "weights", "evaluation", "replicas.json"} <= names
     assert any(a.path.startswith("weights/best_mIoU_iter_") for a in client.list_artifacts(run.info.run_id, "weights"))
     # Each node's worker samples system metrics into the run (one node here).
     system = [k for k in run.data.metrics if k.startswith("system/node-")]
     assert any(k.endswith("cpu_utilization_percentage") for k in system), sorted(run.data.metrics)
-    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert "evaluation/per_class.csv" in evaluation
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/val")}
+    assert "evaluation/val/per_class.csv" in evaluation
     weights = client.download_artifacts(run.info.run_id, "weights/latest.pth", str(work / "dl"))
     assert torch.load(weights, weights_only=True)["meta"]["iter"] == 6
 
