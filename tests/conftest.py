@@ -4,9 +4,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -55,22 +57,27 @@ def free_port() -> int:
 
 
 class RayHead:
-    """A Ray head started with ``ray start`` on loopback, with the job server (dashboard)."""
+    """A Ray head started with ``ray start`` on loopback, with the job server (dashboard).
+
+    It keeps to itself on a machine shared with other Ray clusters (the simulated cluster, other people's
+    test sessions): its own Ray temp dir, and RAY_ADDRESS in its processes' environment (see
+    ``own_ray_temp_dir`` and ``pin_ray_address``).
+    """
 
     def __init__(self, tmp: Path, num_cpus: int = 4):
         self.port = free_port()
         self.dashboard_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.temp_dir = own_ray_temp_dir()
         cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
                f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
-        # Every process of this head (raylet, workers, Train's PlacementGroupCleaner) inherits RAY_ADDRESS, so
-        # Ray's address auto-detection never follows /tmp/ray/ray_current_cluster, which names whichever
-        # cluster was started last on the machine (see pin_ray_address).
-        subprocess.run(cmd, check=True, capture_output=True, timeout=180, env=pin_ray_address(self.address))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=pin_ray_address(self.address))
         try:
+            if proc.returncode:
+                raise RuntimeError(f"`ray start` exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
             self._wait_for_dashboard()
         except BaseException:
             self.stop()
@@ -95,18 +102,28 @@ class RayHead:
         """Stop this head's processes only: ``ray stop`` would kill every Ray cluster on the machine,
         including ones other test sessions or tools are using."""
         stop_ray_processes(self.port)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# Two ways in which one Ray cluster on a machine disturbs another. Inside a cluster, Ray looks its own
+# address up in <temp dir>/ray_current_cluster whenever more than one cluster runs on the machine, and
+# every `ray start` and `cluster_utils.Cluster` rewrites that file, Ray's default /tmp/ray/ray_current_cluster
+# unless told otherwise, so it names whichever cluster started last:
+# - the job supervisor behind `ray job submit` hands the job's driver that address as RAY_ADDRESS (it
+#   resets RAY_ADDRESS to "auto" and reads the file in its node's temp dir): a job sent to the session head
+#   connected to a cluster another test session had started since, and failed with InvalidAuthToken;
+# - the state API with no address (which Ray Train's PlacementGroupCleaner polls to see whether a run's
+#   controller is alive) reads RAY_ADDRESS, else the file in /tmp/ray: it asked another cluster, found "no
+#   such controller", and could remove the placement group of a live run.
+# So each test cluster gets its own temp dir (with its own ray_current_cluster), and RAY_ADDRESS in the
+# environment of its processes (not of this test process).
+def own_ray_temp_dir() -> str:
+    """A fresh Ray temp dir for one test cluster (short: Unix socket paths under it are limited to 107 bytes)."""
+    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 
 
 def pin_ray_address(address: str) -> dict:
-    """The environment for starting a test cluster's processes: ``os.environ`` plus ``RAY_ADDRESS=address``.
-
-    Inside a cluster, Ray resolves an unspecified address (e.g. the state API that Ray Train's
-    PlacementGroupCleaner polls to see whether the run's controller is alive) from RAY_ADDRESS, else from
-    /tmp/ray/ray_current_cluster, a machine-wide file that every ``ray start`` and ``cluster_utils.Cluster``
-    rewrites. With several clusters on one machine (the session head, the simulated cluster, other people's
-    test sessions) it would ask another cluster, find no such controller, and remove the placement group of
-    a live run. Only the started processes get the variable, not this test process.
-    """
+    """``os.environ`` plus ``RAY_ADDRESS=address``: the environment to start a test cluster's processes in."""
     return dict(os.environ, RAY_ADDRESS=address)
 
 

@@ -7,12 +7,19 @@ client, the recorded cluster address), which would break the test session's own 
 
 Prints one JSON line ``{"address", "dashboard", "worker_node_ids"}`` once every node is up, then keeps the
 cluster running until stdin is closed.
+
+Like the session head (conftest.RayHead), the cluster keeps to itself on a machine shared with other Ray
+clusters: its own Ray temp dir, holding its own ``ray_current_cluster`` file, and RAY_ADDRESS in its processes'
+environment (see the comment above ``own_ray_temp_dir`` in conftest.py).
 """
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
+import ray._private.utils
 from ray.cluster_utils import Cluster
 
 
@@ -25,23 +32,27 @@ def free_port() -> int:
 def main() -> int:
     dashboard_port, num_workers = int(sys.argv[1]), int(sys.argv[2])
     gcs_port = free_port()
-    # The cluster's processes inherit RAY_ADDRESS, so Ray's address auto-detection inside them (e.g. the state
-    # API behind Ray Train's PlacementGroupCleaner) names this cluster, not whichever cluster was started last
-    # on the machine (/tmp/ray/ray_current_cluster; see pin_ray_address in conftest.py).
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths live below it
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"  # inherited by every process of the cluster
+    # Cluster records its address in Ray's default /tmp/ray/ray_current_cluster, the file every other cluster
+    # on the machine reads too (the job supervisor of `ray job submit` reads the one in its node's temp dir):
+    # write this cluster's into its own temp dir instead.
+    write_ray_address = ray._private.utils.write_ray_address
+    ray._private.utils.write_ray_address = lambda address, _=None: write_ray_address(address, temp_dir)
+    node_args = {"node_ip_address": "127.0.0.1", "temp_dir": temp_dir}
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "gcs_server_port": gcs_port, "num_cpus": 3, "node_ip_address": "127.0.0.1", "include_dashboard": True,
+        **node_args, "gcs_server_port": gcs_port, "num_cpus": 3, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
     })
     try:
-        nodes = [cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, node_ip_address="127.0.0.1")
-                 for _ in range(num_workers)]
+        nodes = [cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, **node_args) for _ in range(num_workers)]
         cluster.wait_for_nodes()
         print(json.dumps({"address": cluster.address, "dashboard": f"http://127.0.0.1:{dashboard_port}",
                           "worker_node_ids": [n.node_id for n in nodes]}), flush=True)
         sys.stdin.read()  # until the test closes our stdin
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     return 0
 
 
