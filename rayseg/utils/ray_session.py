@@ -77,26 +77,6 @@ def _check_reachable(address: str) -> None:
         return  # a timeout or a name that resolves slowly: Ray's own retries may still get through
 
 
-def _accepted_on_retry(address: str, attempts: int = 3, pause_s: float = 2.0) -> bool:
-    """Probe again before calling a configured token wrong: on an overloaded head the first handshake was
-    seen to fail with an authentication error although the token was right (a job's own driver, whose
-    token Ray itself had set)."""
-    import time
-
-    from ray.exceptions import AuthenticationError
-
-    for _ in range(attempts):
-        time.sleep(pause_s)
-        try:
-            _probe_gcs(address)
-            return True
-        except AuthenticationError:
-            continue
-        except Exception:
-            return True  # not an authentication problem: ray.init reports it
-    return False
-
-
 def prepare_cluster_auth(address: str) -> None:
     """Make connecting to the existing cluster at ``address`` (GCS ``host:port``) just work with token auth.
 
@@ -134,7 +114,7 @@ def prepare_cluster_auth(address: str) -> None:
                               f"{AUTH_HELP}") from None
         except Exception:
             return
-    if mode == "token" and has_token and not _accepted_on_retry(address):
+    if mode == "token" and has_token:
         raise ConfigError(f"the Ray cluster at {address} refused the token in RAY_AUTH_TOKEN / "
                           f"RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token: {AUTH_HELP}")
     raise ConfigError(f"the Ray cluster at {address} uses token authentication and no token was found"
