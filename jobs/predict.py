@@ -11,13 +11,7 @@ listed at the end; the exit code is 1 if any failed, 0 otherwise (2 for a config
 import argparse
 import sys
 
-try:  # a `python` without rayseg's dependencies (the system one, under `ray job submit`): say which to use
-    import ray, torch, yaml  # noqa: E401,F401
-except ModuleNotFoundError as missing:
-    print(f"error: {sys.executable} has no module {missing.name!r}: run the job with the Python rayseg is installed "
-          f"in; under `ray job submit` name it in the entrypoint, e.g. \"$PWD/.venv/bin/python\" jobs/... "
-          f"(docs/cluster.md)", file=sys.stderr)
-    sys.exit(2)
+import _preflight  # noqa: E402,F401  (first: a python without rayseg's dependencies says so in one line)
 
 from rayseg.apis.batch_predict import predict_images
 from rayseg.config import load_config

@@ -12,13 +12,7 @@ import os
 import sys
 import tempfile
 
-try:  # a `python` without rayseg's dependencies (the system one, under `ray job submit`): say which to use
-    import ray, torch, yaml  # noqa: E401,F401
-except ModuleNotFoundError as missing:
-    print(f"error: {sys.executable} has no module {missing.name!r}: run the job with the Python rayseg is installed "
-          f"in; under `ray job submit` name it in the entrypoint, e.g. \"$PWD/.venv/bin/python\" jobs/... "
-          f"(docs/cluster.md)", file=sys.stderr)
-    sys.exit(2)
+import _preflight  # noqa: E402,F401  (first: a python without rayseg's dependencies says so in one line)
 
 from rayseg.apis.distributed_eval import default_num_workers, evaluate_distributed
 from rayseg.apis.eval_outputs import (AUTO_RUN_ID, confusion_png_path, log_evaluation, open_evaluation_run,

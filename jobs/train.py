@@ -3,13 +3,7 @@ import argparse
 import os
 import sys
 
-try:  # a `python` without rayseg's dependencies (the system one, under `ray job submit`): say which to use
-    import ray, torch, yaml  # noqa: E401,F401
-except ModuleNotFoundError as missing:
-    print(f"error: {sys.executable} has no module {missing.name!r}: run the job with the Python rayseg is installed "
-          f"in; under `ray job submit` name it in the entrypoint, e.g. \"$PWD/.venv/bin/python\" jobs/... "
-          f"(docs/cluster.md)", file=sys.stderr)
-    sys.exit(2)
+import _preflight  # noqa: E402,F401  (first: a python without rayseg's dependencies says so in one line)
 
 from rayseg.config import load_config
 from rayseg.engine.progress import VERBOSE_ENV, quiet_driver_logs, verbose_requested

@@ -45,10 +45,18 @@ SCHEMA: Dict[str, Any] = {
     "optimizer": "dict",
     "optimizer_config": {"type": "str", "grad_clip": "dict|none", "skip_nonfinite": "bool",
                          "loss_scale": "str|number"},
+    # Every key of every lr policy (rayseg.optim.lr_schedules): which ones a policy takes is checked when the
+    # schedule is built, naming the key and listing the policy's arguments.
     "lr_config": {
-        "policy": "str", "power": "number", "min_lr": "number", "by_epoch": "bool",
-        "warmup": "str|none", "warmup_iters": "int", "warmup_ratio": "number",
+        "policy": "str", "by_epoch": "bool", "warmup": "str|none", "warmup_iters": "int", "warmup_ratio": "number",
+        "warmup_by_epoch": "bool", "power": "number", "min_lr": "number|none", "min_lr_ratio": "number|none",
+        "step": "int|list", "gamma": "number", "periods": "list", "restart_weights": "list",
+        "start_percent": "number", "target_ratio": "number|list", "cyclic_times": "int", "step_ratio_up": "number",
+        "anneal_strategy": "str", "max_lr": "number", "total_steps": "int|none", "pct_start": "number",
+        "div_factor": "number", "final_div_factor": "number", "three_phase": "bool",
     },
+    # Free-form: the momentum policy's arguments are checked when it is built (rayseg.optim.momentum).
+    "momentum_config": "dict|none",
     "runner": {"type": "str", "max_iters": "int"},
     # max_keep_ckpts may be null: "keep all" is a natural thing to write in YAML.
     "checkpoint_config": {"by_epoch": "bool", "interval": "int", "max_keep_ckpts": "int|none"},

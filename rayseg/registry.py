@@ -1,9 +1,9 @@
 """Registries for the parts that configs name, and ``build`` to make them from a config dict.
 
-One registry per kind (models, backbones, heads, losses, transforms, datasets). A class registers
-itself with a decorator; ``build({"type": "Name", **kwargs}, REGISTRY)`` calls its constructor
-with the remaining keys. Unknown type names and unknown constructor arguments are errors that name
-the offending value and suggest close matches.
+One registry per kind (models, backbones, heads, losses, transforms, datasets, optimizers and their
+constructors, lr and momentum policies). A class registers itself with a decorator;
+``build({"type": "Name", **kwargs}, REGISTRY)`` calls its constructor with the remaining keys. Unknown type
+names and unknown constructor arguments are errors that name the offending value and suggest close matches.
 """
 from __future__ import annotations
 
@@ -64,6 +64,13 @@ LOSSES = Registry("loss")
 PIXEL_SAMPLERS = Registry("pixel sampler")
 TRANSFORMS = Registry("transform")
 DATASETS = Registry("dataset")
+# ``optimizer.type``: every torch.optim class is registered under its own name by rayseg.optim; user optimizers
+# register with ``@OPTIMIZERS.register()``. ``optimizer.constructor`` names an entry of OPTIMIZER_CONSTRUCTORS.
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZER_CONSTRUCTORS = Registry("optimizer constructor")
+# ``lr_config.policy`` / ``momentum_config.policy``, under MMCV's names (``poly``, ``CosineAnnealing``, ...).
+LR_POLICIES = Registry("lr policy")
+MOMENTUM_POLICIES = Registry("momentum policy")
 
 
 def check_kwargs(target: Callable, kwargs: Dict[str, Any], where: str) -> None:

@@ -168,6 +168,40 @@ def stop_ray_processes(gcs_port: int, grace: float = 10.0) -> None:
             return
 
 
+class MlflowServer:
+    """A real MLflow tracking server on 127.0.0.1 with a SQLite store under ``root``; ``url`` once it answers.
+
+    ``proxy_artifacts``: the server stores artifacts itself (``--artifacts-destination``, clients upload over
+    HTTP), else clients write them straight to ``root/artifacts`` (``--default-artifact-root``).
+    """
+
+    def __init__(self, root: Path, proxy_artifacts: bool = True, timeout: float = 180):
+        import urllib.request
+
+        port = free_port()
+        self.log_path = root / "server.log"
+        artifacts = ["--artifacts-destination" if proxy_artifacts else "--default-artifact-root", str(root / "artifacts")]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{root}/mlflow.db", *artifacts],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        pytest.fail(f"mlflow server did not start: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 @pytest.fixture(autouse=True)
 def _no_fork_while_ray_is_connected():
     """Fail the test that fork()ed this process while it was a Ray driver (see the top of this file)."""

@@ -23,15 +23,17 @@ import torch
 
 from rayseg.config import load_config
 from rayseg.datasets import build_pipeline
-from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.models import build_segmentor
+from rayseg.optim import build_lr_schedule, build_optimizer
 from rayseg.registry import DATASETS, check_kwargs
 from rayseg.spec.check import check_run
 from rayseg.spec.resolve import resolve_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
-CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.relative_to(CONFIG_DIR).parts)
+# configs/tune holds sweep configs (tests/tune loads them), not training configs
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
+                 if not {"_base_", "tune"} & set(p.relative_to(CONFIG_DIR).parts))
 IDS = [str(p.relative_to(CONFIG_DIR)) for p in CONFIGS]
 
 ZOO_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"}

@@ -299,7 +299,7 @@ def test_print_config_cli(tmp_path):
 
 @pytest.mark.parametrize("option,key", [
     ("runner.type=EpochBasedRunner", "runner.type"),
-    ("lr_config.policy=step", "lr_config.policy"),
+    ("lr_config.policy=nope", "lr_config.policy"),
     ("model.decode_head.bogus_key=1", "model.decode_head"),
 ])
 def test_print_config_fails_on_configs_training_refuses(option, key):

@@ -17,13 +17,13 @@ import torch.distributed as dist
 from rayseg.engine.best import BestScore
 from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_train_state, unwrap
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
-from rayseg.engine.optim import build_lr_schedule, build_optimizer
 from rayseg.engine.precision import precision_settings
 from rayseg.engine.progress import ProgressEmitter
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.errors import DataError
 from rayseg.evaluation.report import summary_columns
+from rayseg.optim import build_lr_schedule, build_momentum_schedule, build_optimizer
 from rayseg.spec.sections import RunSpec
 from rayseg.tracking import start_system_metrics
 from rayseg.utils.distributed import is_distributed, rank_and_world
@@ -179,16 +179,20 @@ def _quiet_worker_logs() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
-def _restore(model: torch.nn.Module, spec: RunSpec, rank: int,
-             say: Callable[[str], None] = console) -> Dict[str, Any] | None:
-    """The training state of the checkpoint Ray Train hands this worker group (None when starting fresh)."""
+def _restore(model: torch.nn.Module, spec: RunSpec, rank: int, say: Callable[[str], None] = console,
+             resume_from: Optional[str] = None) -> Dict[str, Any] | None:
+    """The training state to start from: the run's own latest checkpoint that Ray Train hands this worker
+    group, else ``resume_from`` (another run's checkpoint folder), else None (starting fresh)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is None and not resume_from:
         return None
-    with checkpoint.as_directory() as folder:
-        restored = read_checkpoint(folder)
+    if checkpoint is None:
+        restored = read_checkpoint(resume_from)
+    else:
+        with checkpoint.as_directory() as folder:
+            restored = read_checkpoint(folder)
     model.load_state_dict(restored["state_dict"])
     if rank == 0:
         say(f"Restored the training state of iteration {int(restored['meta']['iter'])}; "
@@ -246,7 +250,7 @@ def _train(config: Dict[str, Any]) -> None:
     # does not receive the workers' output through rayseg's console) rank 0 prints MMSeg-style lines.
     progress = ProgressEmitter(rank == 0 and bool(config.get("progress")))
     say = (lambda text: progress.event(e="msg", text=text)) if progress.enabled else console
-    restored = _restore(model, spec, rank, say)
+    restored = _restore(model, spec, rank, say, resume_from=config.get("resume_from"))
     start_iter = int(restored["meta"]["iter"]) if restored is not None else 0
     if restored is None and config.get("init_weights") is not None:
         load_model_weights(model, config["init_weights"], str(spec.load_from))
@@ -268,7 +272,8 @@ def _train(config: Dict[str, Any]) -> None:
         step.load_state_dict(restored.get("step") or {})
         if best is not None:
             best.load_state_dict(restored.get("best"))
-    schedule = build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, max_iters)
+    schedule = build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, max_iters, spec.optim.iters_per_epoch)
+    momentum = build_momentum_schedule(spec.optim.momentum_config, max_iters, spec.optim.iters_per_epoch)
 
     normalizer = DeviceNormalizer.from_pipeline(spec.data.train_pipeline, device=device)
     stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device,
@@ -291,6 +296,8 @@ def _train(config: Dict[str, Any]) -> None:
     for it in range(start_iter, max_iters):
         step_tic = time.perf_counter()
         lr = schedule.apply(optimizer, it)
+        if momentum is not None:
+            momentum.apply(optimizer, it)
         batch = stream.next(it)
         img = normalizer(batch["img"])
         seg = batch["gt_semantic_seg"].long()

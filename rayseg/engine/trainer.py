@@ -7,11 +7,12 @@ rayseg exception itself, not as Ray's wrapping of it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rayseg.config import dump_config
 from rayseg.engine.progress import WORKER_STDERR_LOG, TrainingConsole
@@ -178,13 +179,18 @@ def _start_point(spec: RunSpec, run_dir: str) -> Tuple[int, Optional[str]]:
 
 
 def train(cfg: Union[Dict[str, Any], RunSpec], work_dir: Optional[str] = None, config_path: Optional[str] = None,
-          address: Optional[str] = None, resume: bool = False, load_from: Optional[str] = None) -> Dict[str, Any]:
+          address: Optional[str] = None, resume: bool = False, load_from: Optional[str] = None,
+          callbacks: Sequence[Any] = (), show_progress: bool = True) -> Dict[str, Any]:
     """Train the run ``cfg`` describes on Ray; returns paths, final metrics and the MLflow run.
 
     ``cfg`` is a loaded config dict (resolved here with ``work_dir``, ``config_path``, ``resume`` and
     ``load_from``) or an already resolved ``RunSpec`` (then those arguments must be left out). ``resume``
     continues the run in the work dir (model, optimizer, schedule, iteration, RNG and data position);
     ``load_from`` only initialises the weights and starts at iteration 0, as in MMSeg.
+
+    ``callbacks``: more Ray Train ``UserCallback``s beside rayseg's log/MLflow one (a Tune trial passes the one
+    that forwards reports to Tune). ``show_progress=False`` leaves the console alone (no progress bar, Ray's
+    output not redirected): rank 0 prints MMSeg-style lines instead, as under a Tune trial.
     """
     from rayseg.engine.checkpoint import load_weights_file
     from rayseg.spec.check import check_run
@@ -207,13 +213,14 @@ def train(cfg: Union[Dict[str, Any], RunSpec], work_dir: Optional[str] = None, c
     init_weights = None
     if spec.load_from and start_iter == 0 and not resume_from:
         init_weights = load_weights_file(spec.load_from)["state_dict"]  # fails early, naming the file
-    return _run(spec, checked, run_dir, start_iter, resume_from, init_weights, address)
+    return _run(spec, checked, run_dir, start_iter, resume_from, init_weights, address, list(callbacks),
+                show_progress)
 
 
 def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Optional[str], init_weights,
-         address: Optional[str]) -> Dict[str, Any]:
+         address: Optional[str], callbacks: List[Any], show_progress: bool) -> Dict[str, Any]:
     """Everything after the checks: work dir, Ray, MLflow run, ``fit``, final outputs."""
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from rayseg.datasets.ray_data import build_eval_stream
@@ -253,21 +260,26 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
         failure_config=FailureConfig(max_failures=scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.max_keep),
         callbacks=[TrainLogCallback(spec.log_path, run.tracking_uri if run else None, run.run_id if run else None,
-                                    max_iters=spec.max_iters, run_dir=run_dir, metrics=spec.evaluation.metrics)])
+                                    max_iters=spec.max_iters, run_dir=run_dir, metrics=spec.evaluation.metrics),
+                   *callbacks])
     class_names = list(checked.train_set.CLASSES) if getattr(checked.train_set, "CLASSES", None) else None
     console = TrainingConsole(spec.max_iters, start_iter, spec.data.samples_per_gpu * scaling.num_workers,
-                              log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG))
+                              log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG)) if show_progress else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "init_weights": init_weights, "class_names": class_names,
-                           "system_metrics": system_metrics_spec(spec, run), "progress": console.events},
+                           "system_metrics": system_metrics_spec(spec, run),
+                           "progress": console.events if console else None,
+                           # Train V2 refuses resume_from_checkpoint; the workers read it when Ray Train hands
+                           # them no checkpoint of the run's own (which wins after a worker-group restart).
+                           "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,
                                      placement_strategy=scaling.placement_strategy),
         run_config=run_config, datasets=datasets, dataset_config=SegDataConfig(complete=("val",)),
-        resume_from_checkpoint=Checkpoint.from_directory(resume_from) if resume_from else None)
+)
     try:
-        with console:  # the progress bar or lines; Ray's stderr to WORK_DIR/ray_workers.log unless verbose
+        with console or contextlib.nullcontext():  # the progress bar; Ray's stderr to ray_workers.log
             result = trainer.fit()
     except BaseException as exc:
         if run is not None:

@@ -1,10 +1,10 @@
 """Build everything a run spec names, on the driver, before Ray starts or any file or MLflow run is made.
 
 The model is built on PyTorch's ``meta`` device with pretrained weights switched off (constructors and
-their argument checks run; nothing is allocated or downloaded), then its optimizer and lr schedule; every
-pipeline is built step by step so an error names the step's key path. With ``list_data`` the train and val
-datasets are also listed (root exists, split not empty, every image has its mask) and returned, so the
-trainer does not list them twice.
+their argument checks run; nothing is allocated or downloaded), then its optimizer and lr and momentum
+schedules; every pipeline is built step by step so an error names the step's key path. With ``list_data`` the
+train and val datasets are also listed (root exists, split not empty, every image has its mask) and returned,
+so the trainer does not list them twice.
 """
 from __future__ import annotations
 
@@ -159,20 +159,34 @@ def check_job_paths(spec: RunSpec, package_dir: Optional[str]) -> None:
                               f"the outputs with it; {fix}")
 
 
+def check_optim(spec: RunSpec, model: torch.nn.Module) -> None:
+    """Build the optimizer (its constructor and param groups), the lr schedule and the momentum schedule as the
+    training workers will, and check ``optimizer_config.grad_clip``; errors name the key path."""
+    from rayseg.optim import build_lr_schedule, build_momentum_schedule, build_optimizer, check_grad_clip
+
+    optim = spec.optim
+    optimizer = _at("optimizer", lambda: build_optimizer(model, optim.optimizer))
+    _at("lr_config", lambda: build_lr_schedule(optim.lr_config, optim.base_lr, spec.max_iters,
+                                               optim.iters_per_epoch))
+    momentum = _at("momentum_config", lambda: build_momentum_schedule(optim.momentum_config, spec.max_iters,
+                                                                      optim.iters_per_epoch))
+    if momentum is not None:
+        _at("momentum_config", lambda: momentum.check(optimizer))
+    _at("optimizer_config.grad_clip", lambda: check_grad_clip(optim.grad_clip))
+
+
 def check_run(spec: RunSpec, list_data: bool = True) -> CheckedRun:
-    """Build the model (meta device, no pretrained weights), its losses, the optimizer, the lr schedule and
-    every pipeline; with ``list_data`` also list the train and val datasets. Raises ConfigError/DataError
-    naming the key path; creates no file and starts nothing. With ``list_data`` (the run is about to start),
-    a job submitted with ``--working-dir`` is also checked for paths into its temporary copy."""
+    """Build the model (meta device, no pretrained weights), its losses, the optimizer, the lr and momentum
+    schedules and every pipeline; with ``list_data`` also list the train and val datasets. Raises
+    ConfigError/DataError naming the key path; creates no file and starts nothing. With ``list_data`` (the run is
+    about to start), a job submitted with ``--working-dir`` is also checked for paths into its temporary copy."""
     from rayseg.datasets import build_dataset
-    from rayseg.engine.optim import build_lr_schedule, build_optimizer
     from rayseg.utils.ray_session import job_package_dir
 
     if list_data:
         check_job_paths(spec, job_package_dir())
     model = build_model_checked(spec.model.config)
-    _at("optimizer", lambda: build_optimizer(model, spec.optim.optimizer))
-    _at("lr_config", lambda: build_lr_schedule(spec.optim.lr_config, spec.optim.base_lr, spec.max_iters))
+    check_optim(spec, model)
     splits = {"train": spec.data.train, "val": spec.data.val, "test": spec.data.test}
     for split, dataset_cfg in splits.items():
         if dataset_cfg is not None:

@@ -106,8 +106,8 @@ def apply_key_policy(cfg: Dict[str, Any]) -> List[str]:
     _check_runner(cfg)
     _check_workflow(cfg)
     if "tune" in cfg:
-        raise ConfigError("tune: a training config takes no tune section; a sweep takes a sweep config (a "
-                          "separate file naming this config and the search space)")
+        raise ConfigError("tune: a training config takes no tune section; a sweep is a separate sweep config "
+                          "(base_config, search_space, tune) run with jobs/tune.py (docs/tune.md)")
     if "dist_params" in cfg:
         notes.append(DIST_PARAMS_NOTE)
     level = cfg.get("log_level", "INFO")
@@ -125,6 +125,23 @@ def apply_key_policy(cfg: Dict[str, Any]) -> List[str]:
     if unknown:
         raise ConfigError(f"failure: unknown key(s) {unknown}; accepted: max_failures")
     return notes
+
+
+def iters_per_epoch(num_samples: int, samples_per_gpu: int, num_workers: int, key: str) -> int:
+    """Iterations in one epoch of the training set, for schedules with ``by_epoch`` (or ``warmup_by_epoch``).
+
+    rayseg's training stream lays the epochs end to end and every iteration takes one full global batch
+    (``samples_per_gpu`` per worker, never a partial one), so an epoch is the number of whole global batches in
+    the training set: ``num_samples // (samples_per_gpu × num_workers)``, what a ``DataLoader`` with
+    ``drop_last=True`` would give. A training set smaller than one global batch has no epoch to count: refused.
+    """
+    global_batch = samples_per_gpu * num_workers
+    epoch = num_samples // global_batch
+    if epoch < 1:
+        raise ConfigError(f"{key}: the training set ({num_samples} samples) is smaller than one global batch "
+                          f"(data.samples_per_gpu {samples_per_gpu} × scaling.num_workers {num_workers}), so an "
+                          "epoch has no iteration; count iterations instead (by_epoch: false)")
+    return epoch
 
 
 def set_log_level(level: str) -> None:

@@ -1,20 +1,22 @@
 """``resolve_run``: a loaded config dict (plus the command line's choices) → one typed ``RunSpec``.
 
 This is the only place that reads run-level keys out of the config dict. It builds nothing and touches
-no file or service; ``rayseg.spec.check`` then builds everything the spec names.
+no file or service (one exception: a schedule that counts epochs, ``by_epoch``, lists the training set for its
+length); ``rayseg.spec.check`` then builds everything the spec names.
 """
 from __future__ import annotations
 
 import copy
 import inspect
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from rayseg.errors import ConfigError
-from rayseg.spec.policy import apply_key_policy
+from rayseg.errors import ConfigError, DataError
+from rayseg.spec.policy import apply_key_policy, iters_per_epoch
 from rayseg.spec.sections import (CheckpointSpec, DataSpec, EvalSpec, LogSpec, ModelSpec, OptimSpec, RunSpec,
                                   ScalingSpec, TrackingSpec)
 
+# Without lr_config: MMSeg's poly schedule (kept in the resolved config, so print_config shows what runs).
 DEFAULT_LR_CONFIG: Dict[str, Any] = {"policy": "poly", "power": 0.9, "min_lr": 1e-4, "by_epoch": False}
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # Ray Data start-up is 8–12 s on 2 cores; object-storage reads can be slower. Five minutes without a
@@ -78,15 +80,41 @@ def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
                     first_batch_timeout_s=first_batch_timeout)
 
 
-def _optim(cfg: Dict[str, Any]) -> OptimSpec:
+def _epoch_keys(lr_config: Dict[str, Any], momentum_config: Optional[Dict[str, Any]]) -> List[str]:
+    """The keys that make a schedule count epochs of the training set."""
+    keys = [f"lr_config.{k}" for k in ("by_epoch", "warmup_by_epoch") if lr_config.get(k)]
+    if isinstance(momentum_config, dict) and momentum_config.get("by_epoch"):
+        keys.append("momentum_config.by_epoch")
+    return keys
+
+
+def _train_set_size(data: DataSpec) -> int:
+    """The number of training samples (the dataset is listed: only schedules that count epochs need this)."""
+    from rayseg.datasets import build_dataset
+
+    try:
+        return len(build_dataset(data.train))
+    except (ConfigError, DataError) as exc:
+        if str(exc).startswith(("data.train:", "data.train.")):
+            raise
+        raise type(exc)(f"data.train: {exc}") from exc
+
+
+def _optim(cfg: Dict[str, Any], data: DataSpec, num_workers: int) -> OptimSpec:
     optimizer = _section(cfg, "optimizer")
     if "lr" not in optimizer:
         raise ConfigError("optimizer.lr is required")
     lr_config = cfg.get("lr_config") or dict(DEFAULT_LR_CONFIG)
     cfg["lr_config"] = lr_config  # print_config and MLflow show the schedule that runs
+    momentum_config = cfg.get("momentum_config") or None
+    epoch_keys = _epoch_keys(lr_config, momentum_config)
+    # by_epoch means epochs of the training set, resolved here once (rayseg.spec.policy.iters_per_epoch).
+    epoch = (iters_per_epoch(_train_set_size(data), data.samples_per_gpu, num_workers, epoch_keys[0])
+             if epoch_keys else None)
     opt_cfg = cfg.get("optimizer_config") or {}
     return OptimSpec(optimizer=optimizer, base_lr=float(optimizer["lr"]), lr_config=lr_config,
-                     grad_clip=opt_cfg.get("grad_clip") or None, skip_nonfinite=bool(opt_cfg.get("skip_nonfinite")))
+                     grad_clip=opt_cfg.get("grad_clip") or None, skip_nonfinite=bool(opt_cfg.get("skip_nonfinite")),
+                     momentum_config=momentum_config, iters_per_epoch=epoch)
 
 
 def _evaluation(cfg: Dict[str, Any], data_val: Optional[Dict[str, Any]]) -> EvalSpec:
@@ -187,13 +215,15 @@ def resolve_run(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path
     log_interval = int(log_cfg.get("interval", 50))
     if log_interval < 1:
         raise ConfigError(f"log_config.interval must be at least 1, got {log_interval}")
+    scaling = _scaling(cfg)
     return RunSpec(
         config=cfg, work_dir=work_dir, run_name=os.path.basename(work_dir), max_iters=max_iters,
         seed=resolved["seed"], deterministic=resolved["deterministic"], data=data,
-        model=ModelSpec(config=model, sync_bn=uses_sync_bn(model)), optim=_optim(cfg), evaluation=evaluation,
+        model=ModelSpec(config=model, sync_bn=uses_sync_bn(model)), optim=_optim(cfg, data, scaling.num_workers),
+        evaluation=evaluation,
         checkpoint=CheckpointSpec(interval=interval, max_keep=max_keep,
                                   storage=storage_root(cfg.get("storage_path"), work_dir)),
-        scaling=_scaling(cfg), precision=resolve_precision(cfg), tracking=_tracking(cfg, work_dir),
+        scaling=scaling, precision=resolve_precision(cfg), tracking=_tracking(cfg, work_dir),
         log=LogSpec(interval=log_interval, level=str(cfg.get("log_level", "INFO")).upper()),
         config_path=config_path, resume=bool(resume),
         load_from=resolved["load_from"], resume_from=cfg.get("resume_from"), notes=tuple(notes))

@@ -44,13 +44,18 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """``optimizer``, ``optimizer_config`` and ``lr_config``: what each training step and the schedule do."""
+    """``optimizer``, ``optimizer_config``, ``lr_config`` and ``momentum_config``: what each training step and
+    the schedules do (built by ``rayseg.optim``)."""
 
-    optimizer: Dict[str, Any]  # torch.optim kwargs plus ``type`` and ``paramwise_cfg``
+    optimizer: Dict[str, Any]  # optimizer kwargs plus ``type``, ``constructor`` and ``paramwise_cfg``
     base_lr: float
-    lr_config: Dict[str, Any]  # PolyLrSchedule kwargs (policy, power, min_lr, warmup, ...)
+    lr_config: Dict[str, Any]  # the lr policy and its arguments (policy, power, min_lr, warmup, by_epoch, ...)
     grad_clip: Optional[Dict[str, Any]] = None  # clip_grad_norm_ kwargs
     skip_nonfinite: bool = False
+    momentum_config: Optional[Dict[str, Any]] = None  # the momentum policy and its arguments; None: not scheduled
+    # Iterations in one epoch of the training set, when a schedule counts epochs (``by_epoch``/``warmup_by_epoch``):
+    # len(train set) // (samples_per_gpu × num_workers), see ``rayseg.spec.policy.iters_per_epoch``; else None.
+    iters_per_epoch: Optional[int] = None
 
 
 @dataclass(frozen=True)

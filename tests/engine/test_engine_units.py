@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 
 from rayseg.datasets.ray_data import DeviceNormalizer, stream_indices
-from rayseg.engine.optim import PolyLrSchedule, build_lr_schedule, build_optimizer
 from rayseg.errors import ConfigError
+from rayseg.optim import PolyLrSchedule, build_lr_schedule, build_optimizer
 
 
 def test_poly_lr_matches_formula():

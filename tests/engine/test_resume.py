@@ -57,7 +57,7 @@ def test_resume_continues_one_history(first_run, demo_data):
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     # The schedule continued at iteration 5 (index 4) of the new 6-iteration schedule instead of
     # restarting at 0, as MMSeg's resume does.
-    from rayseg.engine.optim import build_lr_schedule
+    from rayseg.optim import build_lr_schedule
 
     cfg = _cfg(demo_data, "runner.max_iters=6")
     schedule = build_lr_schedule(cfg["lr_config"], cfg["optimizer"]["lr"], 6)
@@ -85,3 +85,18 @@ def test_missing_load_from_names_the_file(demo_data, tmp_path):
 
     with pytest.raises(CheckpointError, match="nope.pth"):
         train(_cfg(demo_data, "runner.max_iters=2"), work_dir=str(tmp_path / "w"), load_from=str(tmp_path / "nope.pth"))
+
+
+def test_resume_from_another_runs_checkpoint_continues_at_its_iteration(first_run, demo_data, tmp_path):
+    """MMSeg's ``resume_from``: a new work dir starts from another run's checkpoint (weights, optimizer and
+    iteration), which Ray Train V2 no longer takes as ``resume_from_checkpoint``."""
+    from rayseg.engine.trainer import train
+
+    work, _ = first_run
+    source = work / "ray_results" / "run" / "iter_00000002"
+    new = tmp_path / "branch"
+    summary = train(_cfg(demo_data, "runner.max_iters=4", f"resume_from={source}"), work_dir=str(new))
+    assert summary["start_iter"] == 2
+    assert _iters(new) == [3, 4]
+    start = torch.load(source / "checkpoint.pt", weights_only=False)
+    assert start["meta"]["iter"] == 2

@@ -135,7 +135,15 @@ def test_log_level_sets_rayseg_loggers():
     ("model.backbone.depht=18", r"^model.backbone: .*'depht'.*Did you mean 'depth'"),
     ("model.auxiliary_head.loss_decode.typo=1", r"^model.auxiliary_head: loss 'CrossEntropyLoss'.*'typo'"),
     ("model.test_cfg.mode=sliding", r"^model: .*test_cfg.mode"),
-    ("lr_config.policy=nope", r"^lr_config.policy: only 'poly'"),
+    ("lr_config.policy=nope", r"^lr_config.policy: unknown policy 'nope'\. Allowed: CosineAnnealing, "),
+    ("lr_config.policy=step", r"^lr_config.power: not an argument of policy 'step'"),
+    ("momentum_config={policy: cyclic, target_ratio: [0.9, 1.0], gammma: 1}",
+     r"^momentum_config.gammma: not an argument of policy 'cyclic' \(did you mean 'gamma'\?\)"),
+    ("optimizer.paramwise_cfg={norm_decay_mult: 0.0, bias_lr_mult: 2.0, bypass_duplicate: true}", None),
+    ("optimizer_config.grad_clip={max_norm: 1, typo: 2}", r"^optimizer_config.grad_clip.typo: not an argument"),
+    ("optimizer.constructor=Nope", r"^optimizer.constructor: unknown optimizer constructor type 'Nope'"),
+    ("optimizer.paramwise_cfg={custom_keys: {head: {lr_multt: 2}}}",
+     r"^optimizer.paramwise_cfg.custom_keys.head: unknown keys \['lr_multt'\]"),
     ("lr_config.warmup=cosine", r"^lr_config.warmup: expected linear"),
     ("optimizer.momentun=0.9", r"^optimizer: .*'momentun'"),
     ("data.train.pipeline.3.type=RandomCorp", r"^data.train.pipeline.3: unknown transform type 'RandomCorp'"),
@@ -144,8 +152,31 @@ def test_log_level_sets_rayseg_loggers():
     ("model.pretrained=/nonexistent/r18.pth", r"^model.pretrained: checkpoint file not found"),
 ])
 def test_check_builds_everything_the_config_names(option, match):
+    if match is None:  # accepted as it is
+        check_run(_spec(option), list_data=False)
+        return
     with pytest.raises(ConfigError, match=match):
         check_run(_spec(option), list_data=False)
+
+
+def test_check_refuses_a_momentum_schedule_without_momentum():
+    with pytest.raises(ConfigError, match=r"^momentum_config: optimizer Adagrad has neither momentum nor betas"):
+        check_run(_spec("optimizer={type: Adagrad, lr: 0.01}",
+                        "momentum_config={policy: CosineAnnealing, min_momentum_ratio: 0.5}"), list_data=False)
+
+
+def test_by_epoch_resolves_the_epoch_length_from_the_training_set(demo_data):
+    # 24 training images, 2 per worker x 2 workers: 6 iterations per epoch (len // global batch).
+    spec = _spec(*_data(demo_data), "lr_config.by_epoch=true")
+    assert spec.optim.iters_per_epoch == 6 and spec.optim.momentum_config is None
+    check_run(spec, list_data=False)
+    spec = _spec(*_data(demo_data), "momentum_config={policy: step, step: 1, by_epoch: true}")
+    assert spec.optim.iters_per_epoch == 6 and spec.optim.momentum_config["policy"] == "step"
+    assert _spec(*_data(demo_data)).optim.iters_per_epoch is None  # nothing counts epochs: nothing listed
+    with pytest.raises(ConfigError, match=r"^lr_config.by_epoch: the training set \(24 samples\) is smaller"):
+        _spec(*_data(demo_data), "lr_config.by_epoch=true", "data.samples_per_gpu=13")
+    with pytest.raises(ConfigError, match=r"^momentum_config.by_epoch: policy cyclic is defined per iteration"):
+        check_run(_spec(*_data(demo_data), "momentum_config={policy: cyclic, by_epoch: true}"), list_data=False)
 
 
 def test_check_skips_pretrained_downloads():

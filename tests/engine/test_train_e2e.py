@@ -5,14 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, REPO_ROOT, free_port
+from conftest import BIN, REPO_ROOT, MlflowServer
 
 pytestmark = pytest.mark.slow
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml"
@@ -24,27 +22,10 @@ def data_options(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 with a SQLite backend and a local artifact root."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    """A real MLflow tracking server (artifacts proxied through it, as on a shared server)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
