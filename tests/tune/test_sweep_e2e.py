@@ -199,26 +199,32 @@ def test_an_interrupted_job_sweep_resumes_without_rerunning_finished_trials(ray_
     """Under ``ray job submit``: two trials side by side, a short one and a long one; the job is stopped once the
     short one has finished and the long one has started; a second job with --resume finishes the long one and
     leaves the short one alone."""
-    path = write_sweep(tmp_path, {"runner.max_iters": {"grid_search": [2, 6]}},
+    path = write_sweep(tmp_path, {"runner.max_iters": {"grid_search": [2, 20]}},
                        {"num_samples": 1, "max_concurrent_trials": 2, "resources_per_trial": RESOURCES})
     work = tmp_path / "work"
     entry = [sys.executable, "jobs/tune.py", str(path), "--work-dir", str(work), "--cfg-options",
-             *data_options(demo_data, f"sqlite:///{tmp_path}/mlflow.db")]
+             *data_options(demo_data, f"sqlite:///{tmp_path}/mlflow.db"), "evaluation.interval=10"]
     ray_job = [str(BIN / "ray"), "job"]
     where = ["--address", ray_head.dashboard_url]
     job_id = f"sweep-{os.getpid()}-{int(time.time())}"
     submit = subprocess.run([*ray_job, "submit", *where, "--working-dir", str(REPO_ROOT), "--submission-id", job_id,
                              "--no-wait", "--", *entry], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    trials = work / "trials"
+
+    def trial_dirs(max_iters: int) -> list:
+        found = []
+        for config in (work / "trials").glob("*/config.yaml"):
+            if yaml.safe_load(config.read_text())["runner"]["max_iters"] == max_iters:
+                found.append(config.parent)
+        return found
+
     deadline = time.time() + 600
     finished = unfinished = None
     while time.time() < deadline and unfinished is None:
-        done = list(trials.glob("*/latest.pth")) if trials.is_dir() else []
-        if done:
-            finished = done[0].parent
-            others = [p for p in trials.glob("*/log.jsonl") if p.parent != finished and p.stat().st_size]
-            unfinished = others[0].parent if others else None
+        short = [d for d in trial_dirs(2) if (d / "latest.pth").exists()]
+        long = [d for d in trial_dirs(20) if (d / "log.jsonl").exists() and (d / "log.jsonl").stat().st_size]
+        if short and long:
+            finished, unfinished = short[0], long[0]
         time.sleep(0.5)
     logs = subprocess.run([*ray_job, "logs", *where, job_id], capture_output=True, text=True, timeout=120).stdout
     assert unfinished is not None and not (unfinished / "latest.pth").exists(), logs[-3000:]
@@ -234,7 +240,7 @@ def test_an_interrupted_job_sweep_resumes_without_rerunning_finished_trials(ray_
     assert (finished / "log.jsonl").read_text() == finished_log  # not trained again
     assert (finished / "latest.pth").stat().st_mtime == finished_mtime
     rows = list(csv.DictReader(open(work / "trials.csv")))
-    assert sorted((r["end"], r["iter"]) for r in rows) == [("completed", "2"), ("completed", "6")]
+    assert sorted((r["end"], int(r["iter"])) for r in rows) == [("completed", 2), ("completed", 20)]
     iters = [json.loads(line)["iter"] for line in (unfinished / "log.jsonl").read_text().splitlines()]
-    assert iters == sorted(set(iters)) and iters[-1] == 6  # continued, no iteration logged twice
+    assert iters == sorted(set(iters)) and iters[-1] == 20  # continued, no iteration logged twice
     assert (work / "best_config.yaml").is_file()
