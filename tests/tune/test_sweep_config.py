@@ -202,3 +202,35 @@ def test_optuna_samples_the_space_including_choices_of_mappings(tmp_path):
     values = decode_sample(sweep.space, search.suggest("trial-1"))
     assert 1e-3 <= values["optimizer.lr"] <= 1e-1 and values["lr_config"] in policies
     trial_config(sweep, values)  # a config the trial can train
+
+
+@pytest.mark.parametrize("scheduler, cls", [("fifo", "FIFOScheduler"), ("asha", "AsyncHyperBandScheduler"),
+                                            ("hyperband", "HyperBandScheduler"), ("pbt", "PopulationBasedTraining")])
+def test_schedulers_count_training_iterations(tmp_path, scheduler, cls):
+    from rayseg.tune.runner import build_scheduler
+
+    sweep = load(tmp_path, tune={"scheduler": {"type": scheduler}},
+                 search_space={"optimizer.lr": {"loguniform": [1e-3, 1e-1]},
+                               "lr_config": {"choice": [{"policy": "poly", "power": 0.9, "min_lr": 0.0},
+                                                        {"policy": "fixed"}]}})
+    built = build_scheduler(sweep)
+    assert type(built).__name__ == cls
+    if scheduler != "fifo":
+        assert built._time_attr == "iter"
+    if scheduler in ("asha", "hyperband"):
+        assert getattr(built, "_max_t", getattr(built, "_max_t_attr", None)) == sweep.max_iters == 6
+    if scheduler == "pbt":
+        assert built._perturbation_interval == 3  # the base config's evaluation.interval
+        assert set(built._hyperparam_mutations) == {"optimizer.lr", "lr_config#index"}
+
+
+def test_concurrent_trials_fit_the_cluster(tmp_path):
+    from rayseg.tune.runner import concurrent_trials, trial_cpus_and_gpus
+
+    sweep = load(tmp_path, tune={"resources_per_trial": {"num_workers": 2, "cpus_per_worker": 1}})
+    cpus, gpus = trial_cpus_and_gpus(sweep)
+    # 2 workers x 1 CPU, 2 train + 1 val decode actors x 0.5, one read task, the trial function's 0.01
+    assert (cpus, gpus) == (pytest.approx(4.51), 0)
+    assert concurrent_trials(sweep, {"CPU": 10}) == 2
+    with pytest.raises(ConfigError, match="one trial needs 4.51 CPUs"):
+        concurrent_trials(sweep, {"CPU": 4})
