@@ -16,10 +16,20 @@ from rayseg.tune.sweep import produced_metrics, trial_config
 TINY = REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml"
 
 
+DATA_ROOTS: list = []  # data.<split>.data_root=<the session's generated data>: sweeps list the data they name
+
+
+@pytest.fixture(autouse=True)
+def _data_roots(demo_data):
+    DATA_ROOTS[:] = [f"data.{split}.data_root={demo_data}" for split in ("train", "val", "test")]
+
+
 def write_sweep(tmp_path: Path, search_space=None, tune=None, **extra) -> Path:
     doc = {"base_config": str(TINY), "search_space": search_space or {"optimizer.lr": {"loguniform": [1e-3, 1e-1]}},
            "tune": tune or {"num_samples": 2}}
     doc.update(extra)
+    if isinstance(doc.get("base_options", []), list):
+        doc["base_options"] = DATA_ROOTS + doc.get("base_options", [])
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
