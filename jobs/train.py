@@ -1,15 +1,41 @@
 """Train a segmentation model on Ray: ``python jobs/train.py CONFIG [--work-dir DIR] [--cfg-options K=V ...]``."""
 import argparse
 import os
+import shlex
 import sys
 
 import _preflight  # noqa: E402,F401  (first: a python without rayseg's dependencies says so in one line)
 
 from rayseg.config import load_config
+from rayseg.engine.interrupt import RunInterrupted
 from rayseg.engine.progress import VERBOSE_ENV, quiet_driver_logs, verbose_requested
 from rayseg.engine.trainer import train
 from rayseg.spec.resolve import resolve_run
 from rayseg.utils.ray_session import USER_ERRORS
+
+
+def resume_command(work_dir: str) -> str:
+    """This job's command line with ``--work-dir`` and ``--resume``: what continues the run."""
+    argv = list(sys.argv[1:])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    if not any(a == "--work-dir" or a.startswith("--work-dir=") for a in argv):
+        argv += ["--work-dir", work_dir]
+    python = sys.executable
+    if python.startswith(os.getcwd() + os.sep):
+        python = os.path.relpath(python)
+    return shlex.join([python, sys.argv[0], *argv])
+
+
+def stopped_message(stop: RunInterrupted) -> str:
+    """Where an interrupted run stands and the command that continues it."""
+    reached = f" after iteration {stop.iteration} of {stop.max_iters} (the last one logged)" if stop.iteration else ""
+    if stop.checkpoint_iteration:
+        how = (f"--resume continues from its checkpoint at iteration {stop.checkpoint_iteration}:\n  "
+               f"{resume_command(stop.work_dir)}")
+    else:
+        how = "no checkpoint was written yet, so a new run starts from iteration 0"
+    return f"stopped by {stop.signal_name}{reached}; MLflow run marked KILLED; {how}"
 
 
 def main() -> int:
@@ -42,6 +68,9 @@ def main() -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print(stopped_message(stop), file=sys.stderr)
+        return stop.exit_code
     if summary.get("already_finished"):
         print(f"The run in {summary['work_dir']} already finished at iteration {summary['iter']}; nothing to do.")
         return 0

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from rayseg import config_vars
 from rayseg.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -41,7 +42,7 @@ DEFAULTS: Dict[str, Any] = {
 SCHEMA: Dict[str, Any] = {
     "model": "dict",
     "data": {"samples_per_gpu": "int", "workers_per_gpu": "int", "train": "dict", "val": "dict", "test": "dict",
-             "first_batch_timeout_s": "number"},
+             "first_batch_timeout_s": "number", "on_bad_sample": "str", "max_bad_samples": "int"},
     "optimizer": "dict",
     "optimizer_config": {"type": "str", "grad_clip": "dict|none", "skip_nonfinite": "bool",
                          "loss_scale": "str|number"},
@@ -83,6 +84,10 @@ SCHEMA: Dict[str, Any] = {
     "storage_path": "str|none",
     "failure": "dict",
     "tune": "dict",
+    # The user's modules to import everywhere (rayseg.custom_imports) and the hooks the workers run
+    # (rayseg.engine.hooks); each hook's arguments are checked against its class when the run is resolved.
+    "custom_imports": {"imports": "str|list", "allow_failed_imports": "bool"},
+    "custom_hooks": "list",
 }
 
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -178,6 +183,10 @@ def _resolve(path: str, chain: Tuple[str, ...]) -> dict:
     if path in chain:
         cycle = " -> ".join(list(chain[chain.index(path):]) + [path])
         raise ConfigError(f"_base_ inheritance cycle: {cycle}")
+    if path.endswith(".py"):  # an MMSeg config (0.x or 1.x), read and translated without running it
+        from rayseg.mmseg_config import read_mmseg_config
+
+        return read_mmseg_config(path, chain)
     own = _read_yaml(path)
     bases = own.pop(BASE_KEY, [])
     if isinstance(bases, str):
@@ -302,16 +311,23 @@ def _validate(cfg: Dict[str, Any], schema: Dict[str, Any], prefix: str, source: 
 def load_config(path: str, cfg_options: Iterable[str] = ()) -> Dict[str, Any]:
     """Load ``path`` into a plain, validated dict.
 
+    ``path`` is a YAML config or an MMSegmentation ``.py`` config (0.x or 1.x, read without running it and
+    translated: ``rayseg.mmseg_config``); ``$name`` helper variables are resolved (``rayseg.config_vars``).
     Order of precedence (lowest first): ``DEFAULTS``, the ``_base_`` files in order, the file's
     own keys, then ``cfg_options`` (``"a.b.0.c=VALUE"`` strings, VALUE parsed as YAML).
     """
     path = os.fspath(path)
     cfg = merge(DEFAULTS, _resolve(path, ()))
     source = os.path.abspath(path)
+    options: List[str] = [cfg_options] if isinstance(cfg_options, str) else list(cfg_options or ())
+    # Helper variables (rayseg.config_vars): an override of one applies before its $name references resolve.
+    var_options, other_options = config_vars.split_options(cfg, SCHEMA, options)
+    for option in var_options:
+        _set_override(cfg, option)
+    cfg = config_vars.resolve_variables(cfg, SCHEMA, source)
     # Validate before and after the overrides so an error blames the file or the override correctly.
     _validate(cfg, SCHEMA, "", source)
-    options: List[str] = [cfg_options] if isinstance(cfg_options, str) else list(cfg_options or ())
-    for option in options:
+    for option in other_options:
         _set_override(cfg, option)
     if options:
         _validate(cfg, SCHEMA, "", f"{source} after --cfg-options {' '.join(options)}")

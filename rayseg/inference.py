@@ -28,7 +28,14 @@ import torch
 from rayseg.errors import CheckpointError, ConfigError, DataError
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
-LOADED_STATE = "<loaded state>"  # how errors name weights that were handed over already loaded
+LOADED_STATE = "<loaded state>"  # how errors name weights handed over already loaded, from no known file
+
+
+def weights_source(checkpoint: Any) -> str:
+    """How errors name ``checkpoint``: its path, or for loaded weights the file ``load_weights_file`` read."""
+    if isinstance(checkpoint, dict):
+        return str(checkpoint.get("source") or LOADED_STATE)
+    return str(checkpoint)
 
 
 def inference_device(use_gpu: bool) -> torch.device:
@@ -120,7 +127,7 @@ def load_inference_model(cfg: Dict[str, Any], checkpoint: Union[None, str, os.Pa
                                       f"{type(checkpoint).__name__}")
             checkpoint = ray.get(checkpoint)
         if isinstance(checkpoint, dict):
-            state, source = checkpoint, source or LOADED_STATE
+            state, source = checkpoint, source or weights_source(checkpoint)
             if not isinstance(state.get("state_dict"), dict):
                 raise CheckpointError(f"{source}: a loaded checkpoint must be {{'state_dict', 'meta'}} "
                                       "(as load_weights_file returns)")

@@ -15,26 +15,51 @@ from rayseg.errors import ConfigError
 
 
 class Registry:
-    """A name → class (or function) table for one kind of part."""
+    """A name → class (or function) table for one kind of part.
 
-    def __init__(self, name: str):
+    ``adapt``: called with every object ``build`` makes from this registry, returning the object to use
+    (the loss registry wraps MMSeg-style user losses so the decode heads can call them; see ``LOSSES``).
+    """
+
+    def __init__(self, name: str, adapt: Optional[Callable[[Any], Any]] = None):
         self.name = name
         self._entries: Dict[str, Callable] = {}
+        self.adapt = adapt
 
-    def register(self, name: Optional[str] = None, force: bool = False) -> Callable:
-        """Decorator: ``@BACKBONES.register()`` registers the class under its own name."""
+    def register(self, name: Any = None, force: bool = False, module: Optional[Callable] = None) -> Callable:
+        """Register a class (or function) under its own name or ``name``.
 
-        def decorator(obj: Callable) -> Callable:
-            key = name or obj.__name__
-            if key in self._entries and not force and self._entries[key] is not obj:
-                raise KeyError(f"{key!r} is already registered in the {self.name} registry")
-            self._entries[key] = obj
-            return obj
-
-        return decorator
+        Every spelling MMCV accepts works, so parts written for MMSeg register unchanged:
+        ``@REG.register()``, ``@REG.register("Name")``, ``@REG.register_module()``, ``@REG.register_module``
+        (no parentheses, as MMSeg 0.x's guides write it), ``@REG.register_module(name=..., force=True)``
+        and ``REG.register_module(module=cls)``. ``name`` may be a list of names. Registering another
+        object under a taken name raises ``KeyError`` unless ``force``.
+        """
+        if isinstance(name, type) or (callable(name) and not isinstance(name, str)):
+            # ``@REG.register_module`` without parentheses: the decorated class arrives as ``name``.
+            return self._add(name, None, force)
+        if module is not None:
+            return self._add(module, name, force)
+        return lambda obj: self._add(obj, name, force)
 
     # MMCV spelling, so code ported from MMSeg reads naturally.
     register_module = register
+
+    def _add(self, obj: Callable, name: Any, force: bool) -> Callable:
+        names = [name] if name is None or isinstance(name, str) else list(name)
+        for key in names:
+            key = key or obj.__name__
+            if not isinstance(key, str):
+                raise TypeError(f"{self.name} registry: a name must be a string, got {key!r}")
+            if key in self._entries and not force and self._entries[key] is not obj:
+                raise KeyError(f"{key!r} is already registered in the {self.name} registry "
+                               f"(by {_where(self._entries[key])}); pass force=True to replace it")
+            self._entries[key] = obj
+        return obj
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register throw-away parts clean up with this)."""
+        self._entries.pop(name, None)
 
     def get(self, name: str) -> Callable:
         """Return the entry called ``name``; an unknown name raises ConfigError with suggestions."""
@@ -56,11 +81,32 @@ class Registry:
         return f"Registry({self.name!r}, {sorted(self._entries)})"
 
 
+def _where(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _adapt_loss(loss: Any) -> Any:
+    # Imported when a loss is built: the models package imports this module.
+    from rayseg.models.losses.utils import adapt_loss
+
+    return adapt_loss(loss)
+
+
+def _adapt_backbone(backbone: Any) -> Any:
+    from rayseg.models.compat import init_foreign_backbone
+
+    return init_foreign_backbone(backbone)
+
+
 MODELS = Registry("model")
-BACKBONES = Registry("backbone")
+# A backbone written for MMSeg on plain ``nn.Module`` gets its ``init_weights()`` called once built, which
+# MMSeg's segmentor does for it; rayseg's own backbones initialise themselves.
+BACKBONES = Registry("backbone", adapt=_adapt_backbone)
 NECKS = Registry("neck")
 HEADS = Registry("head")
-LOSSES = Registry("loss")
+# Losses written as in MMSeg's guide (``forward(pred, target, weight, avg_factor, reduction_override)``, no
+# ``ignore_index``, no ``loss_name``) are wrapped so the decode heads can call them (rayseg.models.losses.utils).
+LOSSES = Registry("loss", adapt=_adapt_loss)
 PIXEL_SAMPLERS = Registry("pixel sampler")
 TRANSFORMS = Registry("transform")
 DATASETS = Registry("dataset")
@@ -71,6 +117,8 @@ OPTIMIZER_CONSTRUCTORS = Registry("optimizer constructor")
 # ``lr_config.policy`` / ``momentum_config.policy``, under MMCV's names (``poly``, ``CosineAnnealing``, ...).
 LR_POLICIES = Registry("lr policy")
 MOMENTUM_POLICIES = Registry("momentum policy")
+# ``custom_hooks``: classes deriving from ``rayseg.engine.hooks.Hook``, run by the training workers.
+HOOKS = Registry("hook")
 
 
 def check_kwargs(target: Callable, kwargs: Dict[str, Any], where: str) -> None:
@@ -85,7 +133,7 @@ def check_kwargs(target: Callable, kwargs: Dict[str, Any], where: str) -> None:
             close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
-                f"{where}: unknown argument {key!r}.{hint} Accepted: {', '.join(accepted)}"
+                f"{where}: unknown argument {key!r}.{hint} Accepted: {', '.join(accepted) or '(none)'}"
             )
 
 
@@ -106,8 +154,9 @@ def build(cfg: Dict[str, Any], registry: Registry, **default_args: Any) -> Any:
     where = f"{registry.name} {type_name!r}"
     check_kwargs(target, kwargs, where)
     try:
-        return target(**kwargs)
+        obj = target(**kwargs)
     except ConfigError:
         raise
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    return registry.adapt(obj) if registry.adapt is not None else obj

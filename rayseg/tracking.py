@@ -361,7 +361,8 @@ def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
     None (after one warning) when the tracking store is unreachable: training goes on without it.
     """
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
+
+    from rayseg.tracking_store import open_experiment, retry_transient
 
     tracking = spec.tracking
     uri, name = tracking.tracking_uri, tracking.experiment_name
@@ -372,18 +373,13 @@ def start_run(spec: "RunSpec") -> Optional[MlflowRun]:
         return None
     title = tracking.run_name or run_name(spec.config, spec.config_path, spec.work_dir)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            root = tracking.artifact_root
-            exp_id = client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-        else:
-            exp_id = experiment.experiment_id
+        root = tracking.artifact_root
+        client, exp_id = open_experiment(uri, name, f"{root}/{name}" if root else None)
         tags = {"rayseg.work_dir": spec.work_dir, **environment_tags(spec.scaling.num_workers)}
         if spec.config_path:
             tags["rayseg.config"] = spec.config_path
         tags.update(tracking.tags)
-        run = client.create_run(exp_id, tags=tags, run_name=title)
+        run = retry_transient(lambda: client.create_run(exp_id, tags=tags, run_name=title))
     except Exception as exc:
         warnings.warn(f"MLflow tracking at {uri} is unavailable ({exc}); training continues and logs only to "
                       "log.jsonl", RuntimeWarning, stacklevel=2)

@@ -56,6 +56,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def data_options(root: Path) -> list[str]:
+    """``--cfg-options`` pointing every split of a test config at the dataset under ``root``."""
+    return [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
+
+
+def logged_iters(log: Path) -> list[int]:
+    """The ``iter`` of every line of a run's ``log.jsonl`` ([] before it exists)."""
+    import json
+
+    if not log.is_file():
+        return []
+    return [json.loads(line)["iter"] for line in log.read_text().splitlines() if line.strip()]
+
+
 class RayHead:
     """A Ray head started with ``ray start`` on loopback, with the job server (dashboard).
 

@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rayseg.apis.actor_pool import map_rows
-from rayseg.inference import LOADED_STATE, Predictor, TestPipeline, inference_device, load_inference_model
+from rayseg.custom_imports import import_custom_modules
+from rayseg.inference import Predictor, TestPipeline, inference_device, load_inference_model, weights_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_BLOCK_ROWS = 64
@@ -155,6 +156,7 @@ class PredictReplica:
 
     def __init__(self, cfg: Dict[str, Any], state: Any, source: str, palette: Sequence[Sequence[int]],
                  out_dir: str, overlay: bool = False, opacity: float = 0.5, use_gpu: bool = False):
+        import_custom_modules(cfg)  # custom_imports, in this actor too (rayseg.custom_imports)
         self.pipeline = TestPipeline(cfg)  # the same preparation as inference_model
         model = load_inference_model(cfg, state, inference_device(use_gpu), source)
         self.predictor = Predictor.for_pipeline(model, self.pipeline.pipeline_cfg)
@@ -207,10 +209,11 @@ def predict_images(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, Any]], 
     """
     from rayseg.engine.checkpoint import load_weights_file
 
+    import_custom_modules(cfg)  # custom_imports: before the model is built, and before Ray starts
     items, failures = expand_inputs(inputs)
     summary = PredictSummary(num_inputs=len(items) + len(failures), failures=failures)
     state = checkpoint if isinstance(checkpoint, dict) else load_weights_file(str(checkpoint))
-    source = LOADED_STATE if isinstance(checkpoint, dict) else str(checkpoint)
+    source = weights_source(checkpoint)
     # Loaded once here so that a wrong checkpoint or config fails before any actor starts.
     palette = load_inference_model(cfg, state, "cpu", source).PALETTE
     if not items:

@@ -17,10 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rayseg.apis.actor_pool import map_rows
+from rayseg.custom_imports import import_custom_modules
 from rayseg.errors import ConfigError, DataError
 from rayseg.evaluation import AREA_KEYS, SegMetric
 from rayseg.evaluation.metrics import CONFUSION_KEY
-from rayseg.inference import LOADED_STATE, Predictor, inference_device, load_inference_model
+from rayseg.inference import Predictor, inference_device, load_inference_model, weights_source
 from rayseg.utils.ray_session import USER_ERRORS, connect_ray
 
 _OUT_KEYS = (*AREA_KEYS, CONFUSION_KEY)
@@ -47,6 +48,7 @@ class EvalReplica:
 
     def __init__(self, cfg: Dict[str, Any], dataset: Any, state: Any, source: str, use_gpu: bool = False,
                  show_dir: Optional[str] = None, opacity: float = 0.5):
+        import_custom_modules(cfg)  # custom_imports, in this actor too (rayseg.custom_imports)
         model = load_inference_model(cfg, state, inference_device(use_gpu), source)
         # pipeline_cfg still holds Normalize (only the built pipeline had it stripped).
         self.predictor = Predictor.for_pipeline(model, dataset.pipeline_cfg)
@@ -142,6 +144,7 @@ def evaluate_distributed(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, A
     from rayseg.datasets.compose import enable_aug_test
     from rayseg.engine.checkpoint import load_weights_file
 
+    import_custom_modules(cfg)  # custom_imports: before the dataset and model are built, and before Ray starts
     data = cfg.get("data") or {}
     if split not in data:
         raise ConfigError(f"data.{split} is not set in the config")
@@ -155,7 +158,7 @@ def evaluate_distributed(cfg: Dict[str, Any], checkpoint: Union[str, Dict[str, A
     if not samples:
         raise DataError(f"data.{split} lists no images")
     state = checkpoint if isinstance(checkpoint, dict) else load_weights_file(str(checkpoint))
-    source = LOADED_STATE if isinstance(checkpoint, dict) else str(checkpoint)
+    source = weights_source(checkpoint)
     # Checked here, before any actor starts, so a wrong checkpoint is one clear error.
     num_classes = int(load_inference_model(cfg, state, "cpu", source).num_classes)
     names = list(getattr(dataset, "CLASSES", None) or [str(i) for i in range(num_classes)])

@@ -103,6 +103,7 @@ def open_evaluation_run(cfg: Dict[str, Any], meta: Dict[str, Any], run_id: Optio
     from mlflow.tracking import MlflowClient
 
     from rayseg.tracking import MlflowRun, server_reachable, sqlite_path
+    from rayseg.tracking_store import open_experiment
 
     uri, artifact_root = evaluation_store(cfg, meta)
     problem = server_reachable(uri)
@@ -120,11 +121,8 @@ def open_evaluation_run(cfg: Dict[str, Any], meta: Dict[str, Any], run_id: Optio
         except Exception as exc:
             raise ConfigError(f"MLflow run {run_id} not found in {uri}: {exc}") from None
         return MlflowRun(uri, run_id, run.info.experiment_id)
-    client = MlflowClient(tracking_uri=uri)
     name = (cfg.get("mlflow") or {}).get("experiment_name") or "rayseg"
-    experiment = client.get_experiment_by_name(name)
-    exp_id = experiment.experiment_id if experiment is not None else client.create_experiment(
-        name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None)
+    client, exp_id = open_experiment(uri, name, f"{artifact_root}/{name}" if artifact_root else None)
     all_tags = {EVALUATION_TAG[0]: EVALUATION_TAG[1], **(tags or {})}
     run = client.create_run(exp_id, tags=all_tags, run_name=all_tags.get("mlflow.runName"))
     return MlflowRun(uri, run.info.run_id, exp_id)

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from rayseg.datasets.compose import build_pipeline
 from rayseg.datasets.loading import LoadAnnotations, as_label_map
@@ -281,23 +280,17 @@ class CustomDataset:
         return results
 
     def validate(self, check_sizes: bool = True) -> None:
-        """Check that each mask has its image's size, reading only file headers (PIL opens lazily)."""
+        """Check every sample's file headers without decoding pixels (``rayseg.datasets.check.check_headers``):
+        each image and mask opens and is not truncated, the mask exists, is single-channel or palette and
+        has its image's size. Raises DataError listing the problems; ``check_sizes=False`` skips the check.
+        ``jobs/check_dataset.py`` runs the same check in parallel on Ray, and with ``--full`` the pixels too."""
         if not check_sizes:
             return
-        bad = []
-        for s in self._samples:
-            if s["seg_path"] is None:
-                continue
-            try:
-                with Image.open(s["img_path"]) as im, Image.open(s["seg_path"]) as seg:
-                    img_size, seg_size = im.size, seg.size
-            except Exception as exc:
-                raise DataError(f"cannot read the header of {s['img_path']} or {s['seg_path']}: {exc}") from exc
-            if img_size != seg_size:
-                bad.append(f"mask {s['seg_path']} is {seg_size[0]}x{seg_size[1]} but image {s['img_path']} "
-                           f"is {img_size[0]}x{img_size[1]} (WxH)")
-        if bad:
-            raise DataError(f"{len(bad)} mask(s) differ in size from their image: {_listing(bad)}")
+        from rayseg.datasets.check import check_headers  # check.py builds on this module
+
+        problems = [p.line() for s in self._samples for p in check_headers(s["img_path"], s["seg_path"])]
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) in the files of {self!r}: {_listing(problems)}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(img_dir={self.img_dir!r}, ann_dir={self.ann_dir!r}, "

@@ -5,15 +5,20 @@ per-epoch shuffled indices laid end to end), so the actor pool starts once per j
 epoch. Each row carries its image and mask together from the first step, so they cannot be paired
 wrongly, and each sample's augmentation is seeded by its stream position, so a run is reproducible
 whichever actor happens to process it.
+
+A sample that cannot be used (a ``DataError`` while reading, decoding or checking it) stops the stream with
+that error, or, under ``data.on_bad_sample: skip``, is dropped and reported to the run's ledger
+(``rayseg.datasets.bad_samples``); the rows around it keep their positions and so their augmentation.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from rayseg.datasets.bad_samples import BadSamplePolicy
 from rayseg.errors import DataError
 
 # Rows handed from the read step to the transform actors per call: small enough to keep memory flat,
@@ -56,26 +61,53 @@ def stream_indices(positions: np.ndarray, num_samples: int, seed: int, shuffle: 
 
 
 def _read_stream_batch(batch: Dict[str, np.ndarray], img_paths: List[str], seg_paths: List[Optional[str]],
-                       seed: int, shuffle: bool) -> Dict[str, np.ndarray]:
+                       seed: int, shuffle: bool, keep_errors: bool = False) -> Dict[str, np.ndarray]:
+    """Read each row's image and mask bytes. ``keep_errors`` (``on_bad_sample: skip``): a file that cannot be
+    read gives its row empty bytes and the error in ``read_error``, for the decode actor to drop and record
+    (only the actors talk to the run's ledger); otherwise the ``DataError`` stops the stream here."""
     positions = batch["id"]
     indices = stream_indices(positions, len(img_paths), seed, shuffle)
-    img_bytes, seg_bytes = [], []
+    img_bytes, seg_bytes, read_errors = [], [], []
     for i in indices:
-        img_bytes.append(read_file_bytes(img_paths[i]))
         seg_path = seg_paths[i]
-        seg_bytes.append(read_file_bytes(seg_path) if seg_path else b"")
-    return {
+        img, seg, error = b"", b"", ""
+        try:
+            img = read_file_bytes(img_paths[i])
+            seg = read_file_bytes(seg_path) if seg_path else b""
+        except DataError as exc:
+            if not keep_errors:
+                raise
+            img, seg, error = b"", b"", str(exc)
+        img_bytes.append(img)
+        seg_bytes.append(seg)
+        read_errors.append(error)
+    out = {
         "position": positions.astype(np.int64),
         "index": indices.astype(np.int64),
         "img_bytes": np.array(img_bytes, dtype=object),
         "seg_bytes": np.array(seg_bytes, dtype=object),
     }
+    if keep_errors:
+        out["read_error"] = np.array(read_errors, dtype=object)
+    return out
+
+
+def _no_rows() -> Iterator[Dict[str, np.ndarray]]:
+    """A batch function's way of emitting nothing: Ray Data iterates a returned generator, and one that
+    yields nothing adds no rows. A zero-row dict would need each column's element shape, which a batch
+    whose every sample was dropped does not know (and mismatched tensor shapes break the block schema)."""
+    yield from ()
 
 
 class _PipelineActor:
-    """Decodes and transforms rows with a dataset's pipeline (runs inside a Ray Data actor)."""
+    """Decodes and transforms rows with a dataset's pipeline (runs inside a Ray Data actor).
 
-    def __init__(self, dataset: Any, mode: str, seed: int):
+    ``bad_samples`` under ``skip``: a row whose sample raises ``DataError`` (or could not be read) is dropped
+    and recorded with the run's ledger as a sample of ``split``; the ledger's verdict may still stop the run.
+    """
+
+    def __init__(self, dataset: Any, mode: str, seed: int, bad_samples: Optional[BadSamplePolicy] = None,
+                 split: str = "data.train"):
         import cv2
 
         # Each actor is one decode/augment lane with a fraction of a CPU; OpenCV's own thread pool (one
@@ -85,6 +117,8 @@ class _PipelineActor:
         self.mode = mode
         self.seed = seed
         self.samples = dataset.samples
+        self.bad_samples = bad_samples if bad_samples is not None and bad_samples.skip else None
+        self.split = split
 
     def _sample(self, index: int, img_bytes: bytes, seg_bytes: bytes) -> Dict[str, Any]:
         sample = dict(self.samples[int(index)])
@@ -93,19 +127,39 @@ class _PipelineActor:
             sample["seg_bytes"] = seg_bytes
         return sample
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        if self.mode == "train":
-            return self._train(batch)
-        return self._test(batch)
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Any:
+        out = self._train(batch) if self.mode == "train" else self._test(batch)
+        return _no_rows() if out is None else out
 
-    def _train(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def _prepare(self, prepare, index: int, img_bytes: bytes, seg_bytes: bytes,
+                 read_error: str = "") -> Optional[Dict[str, Any]]:
+        """``prepare`` (the dataset's prepare_train/prepare_test) on one row; None for a skipped bad sample."""
+        if self.bad_samples is None:
+            return prepare(self._sample(index, img_bytes, seg_bytes))
+        try:
+            if read_error:
+                raise DataError(read_error)
+            return prepare(self._sample(index, img_bytes, seg_bytes))
+        except DataError as exc:  # only a sample's own problem is skipped; anything else is a bug and stops
+            self.bad_samples.record(self.split, len(self.samples), self.samples[int(index)]["img_path"], exc)
+            return None
+
+    def _train(self, batch: Dict[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
         imgs, segs = [], []
-        for pos, index, ib, sb in zip(batch["position"], batch["index"], batch["img_bytes"], batch["seg_bytes"]):
+        read_errors = batch.get("read_error")
+        if read_errors is None:
+            read_errors = [""] * len(batch["index"])
+        for pos, index, ib, sb, error in zip(batch["position"], batch["index"], batch["img_bytes"],
+                                             batch["seg_bytes"], read_errors):
             # Seeding by stream position makes augmentation independent of actor scheduling.
             np.random.seed((self.seed * 1_000_003 + int(pos)) % (2**32))
-            results = self.dataset.prepare_train(self._sample(index, ib, sb))
+            results = self._prepare(self.dataset.prepare_train, index, ib, sb, error)
+            if results is None:
+                continue
             imgs.append(np.ascontiguousarray(results["img"], dtype=np.uint8))
             segs.append(np.ascontiguousarray(results["gt_semantic_seg"], dtype=np.uint8))
+        if not imgs:
+            return None
         shapes = {im.shape for im in imgs}
         if len(shapes) > 1 or len({s.shape for s in segs}) > 1:
             raise DataError(
@@ -113,14 +167,21 @@ class _PipelineActor:
                 "end it with RandomCrop and Pad(size=crop_size) so batches can be stacked")
         return {"img": np.stack(imgs), "gt_semantic_seg": np.stack(segs)}
 
-    def _test(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    def _test(self, batch: Dict[str, np.ndarray]) -> Optional[Dict[str, Any]]:
         out: Dict[str, List[Any]] = {"img": [], "gt_semantic_seg": [], "ori_shape": [], "index": []}
-        for index, ib, sb in zip(batch["index"], batch["img_bytes"], batch["seg_bytes"]):
-            results = self.dataset.prepare_test(self._sample(index, ib, sb))
+        read_errors = batch.get("read_error")
+        if read_errors is None:
+            read_errors = [""] * len(batch["index"])
+        for index, ib, sb, error in zip(batch["index"], batch["img_bytes"], batch["seg_bytes"], read_errors):
+            results = self._prepare(self.dataset.prepare_test, index, ib, sb, error)
+            if results is None:
+                continue
             out["img"].append(np.ascontiguousarray(results["img"], dtype=np.uint8))
             out["gt_semantic_seg"].append(np.ascontiguousarray(results["gt_semantic_seg"], dtype=np.uint8))
             out["ori_shape"].append(np.asarray(results["ori_shape"][:2], dtype=np.int64))
             out["index"].append(int(index))
+        if not out["img"]:
+            return None
         return {"img": out["img"][0][None], "gt_semantic_seg": out["gt_semantic_seg"][0][None],
                 "ori_shape": np.stack(out["ori_shape"]), "index": np.asarray(out["index"])}
 
@@ -135,10 +196,13 @@ def _strip_normalize(dataset: Any) -> Any:
 
 
 def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,
-                       num_actors: int = 1, actor_num_cpus: float = 1.0):
+                       num_actors: int = 1, actor_num_cpus: float = 1.0,
+                       bad_samples: Optional[BadSamplePolicy] = None):
     """A Ray Dataset of ``num_rows`` augmented training samples starting at stream ``start_position``.
 
     Rows are ``img`` (H, W, 3) uint8 in the pipeline's channel order and ``gt_semantic_seg`` (H, W) uint8.
+    ``bad_samples`` (default: stop at the first bad sample): under ``skip`` bad samples are dropped, so the
+    stream holds fewer rows (``BadSamplePolicy.stream_rows`` says how many to ask for).
     """
     import ray.data
 
@@ -149,17 +213,24 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
     ds = ray.data.range(num_rows, override_num_blocks=num_blocks)
     if start_position:
         ds = ds.map_batches(lambda b: {"id": b["id"] + start_position}, batch_size=None)
+    skip = bad_samples is not None and bad_samples.skip
     ds = ds.map_batches(_read_stream_batch, batch_size=_READ_BATCH,
-                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": seed, "shuffle": True})
+                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": seed, "shuffle": True,
+                                   "keep_errors": skip})
     return ds.map_batches(
         _PipelineActor, batch_size=_TRANSFORM_BATCH,
-        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "train", "seed": seed},
+        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "train", "seed": seed,
+                               "bad_samples": bad_samples, "split": "data.train"},
         compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
 
 
-def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float = 1.0):
+def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float = 1.0,
+                      bad_samples: Optional[BadSamplePolicy] = None, split: str = "data.val"):
     """A Ray Dataset with one row per evaluation sample: the test-pipeline image (uint8) and the
-    original-size label map, plus ``ori_shape`` and the sample ``index``."""
+    original-size label map, plus ``ori_shape`` and the sample ``index``.
+
+    ``bad_samples`` under ``skip``: a bad sample has no row (recorded as a sample of ``split``), and the
+    metrics are computed over the others; default: the first bad sample stops the stream."""
     import ray.data
 
     samples = dataset.samples
@@ -167,11 +238,14 @@ def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float =
     seg_paths = [s.get("seg_path") for s in samples]
     n = len(samples)
     ds = ray.data.range(n, override_num_blocks=max(1, min(64, math.ceil(n / _READ_BATCH))))
+    skip = bad_samples is not None and bad_samples.skip
     ds = ds.map_batches(_read_stream_batch, batch_size=_READ_BATCH,
-                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": 0, "shuffle": False})
+                        fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": 0, "shuffle": False,
+                                   "keep_errors": skip})
     return ds.map_batches(
         _PipelineActor, batch_size=1,
-        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "test", "seed": 0},
+        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "test", "seed": 0,
+                               "bad_samples": bad_samples, "split": split},
         compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
 
 

@@ -21,13 +21,32 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux allows (``os.umask`` can only swap it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same folder and rename, so a reader never sees half a file."""
+    """Write to a temporary file in the same folder and rename, so a reader never sees half a file.
+
+    The file gets the mode any new file would (0666 less the umask), not ``mkstemp``'s private 0600: a
+    ``latest.pth`` is meant to be read by the team and the jobs that evaluate it.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
@@ -131,13 +150,15 @@ def load_weights_file(path: str) -> Dict[str, Any]:
     ``path`` is anything :func:`read_checkpoint` reads holding rayseg's ``{state_dict, meta}``, MMSeg's
     ``{state_dict, meta, optimizer, ...}`` (the optimizer is ignored) or a bare state dict. The class
     names and palette of MMSeg 0.x (``meta.CLASSES``/``PALETTE``) and 1.x (``meta.dataset_meta``)
-    checkpoints are put under ``meta["classes"]``/``meta["palette"]``.
+    checkpoints are put under ``meta["classes"]``/``meta["palette"]``; ``source`` is ``path``.
     """
     payload = read_checkpoint(path)
+    # ``source`` travels with the weights so that a later mismatch error names the file, not "loaded state".
     if isinstance(payload.get("state_dict"), dict):
-        return {"state_dict": payload["state_dict"], "meta": _normalise_meta(payload.get("meta") or {})}
+        return {"state_dict": payload["state_dict"], "meta": _normalise_meta(payload.get("meta") or {}),
+                "source": str(path)}
     if payload and all(torch.is_tensor(v) for v in payload.values()):
-        return {"state_dict": payload, "meta": {}}
+        return {"state_dict": payload, "meta": {}, "source": str(path)}
     raise CheckpointError(f"{path} holds no state_dict")
 
 

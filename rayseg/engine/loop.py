@@ -17,10 +17,12 @@ import torch.distributed as dist
 from rayseg.engine.best import BestScore
 from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_train_state, unwrap
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
+from rayseg.engine.hooks import HookList, HookRunner
 from rayseg.engine.precision import precision_settings
 from rayseg.engine.progress import ProgressEmitter
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
+from rayseg.custom_imports import import_custom_modules
 from rayseg.errors import DataError
 from rayseg.evaluation.report import summary_columns
 from rayseg.optim import build_lr_schedule, build_momentum_schedule, build_optimizer
@@ -182,17 +184,26 @@ def _quiet_worker_logs() -> None:
 def _restore(model: torch.nn.Module, spec: RunSpec, rank: int, say: Callable[[str], None] = console,
              resume_from: Optional[str] = None) -> Dict[str, Any] | None:
     """The training state to start from: the run's own latest checkpoint that Ray Train hands this worker
-    group, else ``resume_from`` (another run's checkpoint folder), else None (starting fresh)."""
+    group, else ``resume_from`` (another run's checkpoint folder, or this run's newest intact one when the
+    driver found the one Ray registered damaged), else None (starting fresh)."""
     import ray.train
+
+    from rayseg.errors import CheckpointError
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and not resume_from:
         return None
-    if checkpoint is None:
+    restored = None
+    if checkpoint is not None:
+        try:
+            with checkpoint.as_directory() as folder:
+                restored = read_checkpoint(folder)
+        except CheckpointError:
+            if not resume_from:
+                raise
+            # The driver already said which checkpoint it skipped and why; read the one it chose instead.
+    if restored is None:
         restored = read_checkpoint(resume_from)
-    else:
-        with checkpoint.as_directory() as folder:
-            restored = read_checkpoint(folder)
     model.load_state_dict(restored["state_dict"])
     if rank == 0:
         say(f"Restored the training state of iteration {int(restored['meta']['iter'])}; "
@@ -234,6 +245,7 @@ def _train(config: Dict[str, Any]) -> None:
 
     _quiet_worker_logs()
     spec: RunSpec = config["spec"]
+    import_custom_modules(spec.custom_imports)  # custom_imports: the parts named below may be the user's
     set_log_level(spec.log.level)
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     ctx = ray.train.get_context()
@@ -288,6 +300,9 @@ def _train(config: Dict[str, Any]) -> None:
     class_names = config.get("class_names")
     monitor = start_system_metrics(config.get("system_metrics"), ctx)
 
+    hooks = HookList.build(spec.custom_hooks, HookRunner(unwrap(model), optimizer, max_iters, spec.work_dir, rank,
+                                                         world, config=spec.config))
+    hooks.call("before_run", start_iter)
     sums: Dict[str, float] = defaultdict(float)
     count = 0
     tic = time.perf_counter()
@@ -298,6 +313,7 @@ def _train(config: Dict[str, Any]) -> None:
         lr = schedule.apply(optimizer, it)
         if momentum is not None:
             momentum.apply(optimizer, it)
+        hooks.call("before_train_iter", it)
         batch = stream.next(it)
         img = normalizer(batch["img"])
         seg = batch["gt_semantic_seg"].long()
@@ -308,6 +324,7 @@ def _train(config: Dict[str, Any]) -> None:
             count += 1
         iters_timed += 1
         done = it + 1
+        hooks.call("after_train_iter", it, outputs=losses)
 
         is_log = done % log_interval == 0 or done == max_iters
         is_eval = val_shard is not None and (done % evaluation.interval == 0 or done == max_iters)
@@ -341,6 +358,7 @@ def _train(config: Dict[str, Any]) -> None:
                                      ignore_index=evaluation.ignore_index, class_names=class_names)
             model.train()
             metrics.update(flatten_eval_metrics(results, class_names))
+            hooks.call("after_val_epoch", it, metrics=results)
             metrics["per_class"] = {k: results[k] for k in PER_CLASS_KEYS}
             if progress.enabled:
                 progress.event(e="val", i=done, line=_val_line(done, results, evaluation.metrics),
@@ -353,6 +371,11 @@ def _train(config: Dict[str, Any]) -> None:
                 metrics["saved_best"] = best.key
             if best is not None:
                 metrics[f"best_{best.key}"] = best.score
+        bad_samples = config.get("bad_samples")
+        if rank == 0 and bad_samples is not None and bad_samples.skip:
+            # After validation, so samples it skipped count too; the ingest reads ahead of training, so this
+            # may include samples of iterations still to come. Only rank 0's metrics are kept.
+            metrics["bad_samples"] = bad_samples.count()
         if done == max_iters:
             metrics["replica"] = _replica_record(model, rank)
         if is_ckpt:
@@ -362,6 +385,7 @@ def _train(config: Dict[str, Any]) -> None:
                     extra = {"step": step.state_dict()}
                     if best is not None:
                         extra["best"] = best.state_dict()
+                    hooks.call("before_save_checkpoint", it, checkpoint=extra)
                     save_train_state(tmp, model, optimizer, done, spec.config, extra=extra)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"iter_{done:08d}")
@@ -369,6 +393,7 @@ def _train(config: Dict[str, Any]) -> None:
             ray.train.report(metrics)
         tic = time.perf_counter()
         iters_timed = 0
+    hooks.call("after_run", max_iters)
     progress.event(e="end", i=max_iters)  # tells the driver that no more progress lines will follow
     if monitor is not None:
         monitor.finish()

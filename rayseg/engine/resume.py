@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
 
 
 from rayseg.engine import storage
@@ -16,30 +17,66 @@ RUN_STATE_FILE = "run_state.json"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train v2's record of registered checkpoints
 
 
-def latest_checkpoint(run_dir: str) -> Optional[Tuple[str, int]]:
+def checkpoint_problem(folder: str) -> Optional[str]:
+    """None if ``folder``'s ``checkpoint.pt`` is a whole torch archive, else what is wrong with it.
+
+    ``torch.save`` writes a zip archive whose directory sits at the very end, so a file cut short (a node that
+    died while uploading, a full disk, a copy interrupted) has no directory or one that points past the end.
+    Only the directory is read, not the tensors: cheap enough to run on every resume, also on object storage.
+    """
+    location = storage.join(folder, TRAIN_STATE_FILE)
+    try:
+        fs, path = storage.resolve(location)
+        with fs.open_input_file(path) as f:
+            size = f.size()
+            with zipfile.ZipFile(f) as archive:
+                for info in archive.infolist():
+                    if info.header_offset + info.compress_size > size:
+                        return f"{location} is truncated ({info.filename} ends past its {size} bytes)"
+    except zipfile.BadZipFile as exc:
+        return f"{location} is truncated or corrupt ({exc})"
+    except (OSError, ValueError) as exc:
+        return f"cannot read {location} ({exc})"
+    return None
+
+
+def latest_checkpoint(run_dir: str, intact: bool = False,
+                      skipped: Optional[List[Tuple[str, str]]] = None) -> Optional[Tuple[str, int]]:
     """(folder, iteration) of the newest complete checkpoint under ``run_dir`` (a path or URI), or None.
 
     A folder counts only once its ``checkpoint.pt`` exists, and that file is written atomically, so a
-    checkpoint interrupted mid-write is never picked.
+    checkpoint interrupted mid-write is never picked. With ``intact``, a checkpoint whose file was damaged
+    afterwards (``checkpoint_problem``) is passed over for the next older one, and ``(folder, reason)`` is
+    appended to ``skipped`` for each one passed over.
     """
-    registered = _registered_latest(run_dir)
-    if registered is not None:
-        name = registered[0]
-        if name is None:
-            return None
-        folder = storage.join(run_dir, name)
-        match = _ITER_DIR.match(name)
-        if match and storage.exists(storage.join(folder, TRAIN_STATE_FILE)):
-            return folder, int(match.group(1))
+    candidates = _candidates(run_dir)
+    for folder, iteration in candidates:
+        problem = checkpoint_problem(folder) if intact else None
+        if problem is None:
+            return folder, iteration
+        if skipped is not None:
+            skipped.append((folder, problem))
+    return None
+
+
+def _candidates(run_dir: str) -> List[Tuple[str, int]]:
+    """Checkpoint folders Ray would restore from, newest first: the one Ray Train's manager registered (if it
+    has a snapshot) and the older ones, else every ``iter_N`` folder holding a ``checkpoint.pt``."""
     found = []
     for name, is_dir in storage.list_dir(run_dir):
         match = _ITER_DIR.match(name)
         if match and is_dir and storage.exists(storage.join(run_dir, name, TRAIN_STATE_FILE)):
-            found.append((int(match.group(1)), storage.join(run_dir, name)))
-    if not found:
-        return None
-    iteration, folder = max(found)
-    return folder, iteration
+            found.append((storage.join(run_dir, name), int(match.group(1))))
+    found.sort(key=lambda item: item[1], reverse=True)
+    registered = _registered_latest(run_dir)
+    if registered is None:
+        return found
+    name = registered[0]
+    match = _ITER_DIR.match(name) if name else None
+    if match is None:
+        return []
+    # Folders newer than the registered one were uploaded but never registered (a worker died meanwhile).
+    return [item for item in found if item[1] <= int(match.group(1))]
 
 
 def _registered_latest(run_dir: str) -> Optional[Tuple[Optional[str]]]:

@@ -15,9 +15,11 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rayseg.config import dump_config
+from rayseg.engine.interrupt import RunInterrupted, interruptible, stop_signals_raise
 from rayseg.engine.progress import WORKER_STDERR_LOG, TrainingConsole
 from rayseg.engine.storage import check_storage_for_cluster
 from rayseg.engine.storage import join as storage_join
+from rayseg.engine.workdir_lock import WorkDirLock
 from rayseg.errors import ConfigError
 from rayseg.spec.sections import RunSpec
 from rayseg.utils.ray_session import connect_ray, quiet_ray_data, user_error
@@ -118,10 +120,12 @@ class TrainStreamFactory:
 
     Ray Train calls it at every worker-group start, so after a failure the stream resumes at the
     latest checkpoint's position instead of replaying the job's data from the beginning.
+    ``bad_samples``: the run's ``BadSamplePolicy`` (None: stop at the first bad sample).
     """
 
-    def __init__(self, dataset, spec: RunSpec, run_dir: str, fallback_iter: int):
+    def __init__(self, dataset, spec: RunSpec, run_dir: str, fallback_iter: int, bad_samples=None):
         self.dataset, self.spec, self.run_dir, self.fallback_iter = dataset, spec, run_dir, fallback_iter
+        self.bad_samples = bad_samples
 
     def __call__(self):
         import ray.data
@@ -133,13 +137,16 @@ class TrainStreamFactory:
         if self.spec.deterministic:
             # Keeping block order fixes which rows each worker's shard gets (else whichever block is ready first).
             ray.data.DataContext.get_current().execution_options.preserve_order = True
-        found = latest_checkpoint(self.run_dir)
+        found = latest_checkpoint(self.run_dir, intact=True)  # where the workers' restore starts, too
         start_iter = found[1] if found else self.fallback_iter
         per_iter = self.spec.data.samples_per_gpu * self.spec.scaling.num_workers
         # One extra batch per worker: Ray's equal split may trim a few rows.
         rows = (self.spec.max_iters - start_iter + 1) * per_iter
+        if self.bad_samples is not None:  # skipped samples leave no row: ask for enough to cover them
+            rows = self.bad_samples.stream_rows(rows, len(self.dataset))
         stream = build_train_stream(self.dataset, rows, seed=self.spec.seed, start_position=start_iter * per_iter,
-                                    num_actors=num_ingest_actors(self.spec), actor_num_cpus=INGEST_ACTOR_CPUS)
+                                    num_actors=num_ingest_actors(self.spec), actor_num_cpus=INGEST_ACTOR_CPUS,
+                                    bad_samples=self.bad_samples)
         return keep_original_errors(stream)
 
 
@@ -163,10 +170,24 @@ def _check_cluster_storage(storage: str) -> None:
 
 
 def _start_point(spec: RunSpec, run_dir: str) -> Tuple[int, Optional[str]]:
-    """(iteration to start from, checkpoint folder to resume from or None), MMSeg's resume semantics."""
+    """(iteration to start from, checkpoint folder to resume from or None), MMSeg's resume semantics.
+
+    A damaged newest checkpoint (``checkpoint_problem``) is skipped, with a warning naming it, for the newest
+    intact one; that folder is then handed to the workers, since Ray Train would hand them the damaged one.
+    """
     from rayseg.engine.resume import checkpoint_iteration, latest_checkpoint
 
-    previous = latest_checkpoint(run_dir)
+    skipped: List[Tuple[str, str]] = []
+    previous = latest_checkpoint(run_dir, intact=True, skipped=skipped)
+    if skipped and spec.resume:
+        for folder, problem in skipped:
+            logging.getLogger(__name__).warning(
+                f"skipping checkpoint {folder}: {problem}; "
+                + (f"resuming from {previous[0]} (iteration {previous[1]})" if previous else "no older one"))
+        if previous is None:
+            raise ConfigError(f"{spec.work_dir}: no intact checkpoint to resume from in {run_dir} (skipped "
+                              f"{', '.join(folder for folder, _ in skipped)}); start again with another --work-dir")
+        return previous[1], previous[0]
     if spec.resume_from:
         if previous:
             raise ConfigError(f"resume_from={spec.resume_from} but {spec.work_dir} already holds its own run "
@@ -192,7 +213,6 @@ def train(cfg: Union[Dict[str, Any], RunSpec], work_dir: Optional[str] = None, c
     that forwards reports to Tune). ``show_progress=False`` leaves the console alone (no progress bar, Ray's
     output not redirected): rank 0 prints MMSeg-style lines instead, as under a Tune trial.
     """
-    from rayseg.engine.checkpoint import load_weights_file
     from rayseg.spec.check import check_run
     from rayseg.spec.policy import set_log_level
     from rayseg.spec.resolve import resolve_run
@@ -206,33 +226,87 @@ def train(cfg: Union[Dict[str, Any], RunSpec], work_dir: Optional[str] = None, c
     set_log_level(spec.log.level)
     checked = check_run(spec, list_data=True)
     run_dir = storage_join(spec.checkpoint.storage, spec.run_name)
-    start_iter, resume_from = _start_point(spec, run_dir)
-    if start_iter >= spec.max_iters:
-        return {"work_dir": spec.work_dir, "log": spec.log_path, "already_finished": True, "iter": start_iter,
-                "latest": os.path.join(spec.work_dir, "latest.pth")}
-    init_weights = None
-    if spec.load_from and start_iter == 0 and not resume_from:
-        init_weights = load_weights_file(spec.load_from)["state_dict"]  # fails early, naming the file
-    return _run(spec, checked, run_dir, start_iter, resume_from, init_weights, address, list(callbacks),
-                show_progress)
+    # Held from before the run's state is read until its outputs are written: a second run in this work dir is
+    # refused at once; a run that fails before writing anything leaves no work dir behind.
+    with WorkDirLock(spec.work_dir) as lock:
+        if lock.stale:
+            logging.getLogger(__name__).warning(
+                f"the previous run in {spec.work_dir} (PID {lock.stale.get('pid')} on {lock.stale.get('host')}) "
+                "ended without releasing its lock; taking it over")
+        start_iter, resume_from = _start_point(spec, run_dir)
+        if start_iter >= spec.max_iters:
+            return {"work_dir": spec.work_dir, "log": spec.log_path, "already_finished": True, "iter": start_iter,
+                    "latest": os.path.join(spec.work_dir, "latest.pth")}
+        init_weights = None
+        if spec.load_from and start_iter == 0 and not resume_from:
+            init_weights = _checked_init_weights(spec)
+        return _run(spec, checked, run_dir, start_iter, resume_from, init_weights, address, list(callbacks),
+                    show_progress)
+
+
+def _checked_init_weights(spec: RunSpec) -> Dict[str, Any]:
+    """The ``load_from`` state dict, loaded into the config's model here first: a file that is unreadable or
+    does not fit the model fails now, naming the file, before Ray starts or the work dir holds anything."""
+    from rayseg.engine.checkpoint import load_model_weights, load_weights_file
+    from rayseg.models import build_segmentor
+    from rayseg.inference import without_pretrained
+
+    state_dict = load_weights_file(spec.load_from)["state_dict"]
+    load_model_weights(build_segmentor(without_pretrained(spec.model.config)), state_dict, str(spec.load_from))
+    return state_dict
 
 
 def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Optional[str], init_weights,
          address: Optional[str], callbacks: List[Any], show_progress: bool) -> Dict[str, Any]:
-    """Everything after the checks: work dir, Ray, MLflow run, ``fit``, final outputs."""
+    """Everything after the checks: Ray, then (``_fit``) work dir, MLflow run, ``fit``, final outputs; a stop
+    signal (``RunInterrupted``) comes back saying where the run stood."""
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    connect_ray(address, num_cpus_needed=math.ceil(cpus_needed(spec)), dashboard=True)
+    with stop_signals_raise():  # after ray.init, which installs a SIGTERM handler of its own
+        try:
+            return _fit(spec, checked, run_dir, start_iter, resume_from, init_weights, address, callbacks,
+                        show_progress)
+        except RunInterrupted as stop:
+            _where_stopped(stop, spec, run_dir)
+            raise
+
+
+def _where_stopped(stop: RunInterrupted, spec: RunSpec, run_dir: str) -> None:
+    """Fill in where an interrupted run stood: the last logged iteration and the checkpoint ``--resume`` uses."""
+    import json
+
+    from rayseg.engine.resume import latest_checkpoint
+
+    stop.work_dir, stop.max_iters = spec.work_dir, spec.max_iters
+    try:
+        with open(spec.log_path) as f:
+            iters = [json.loads(line).get("iter") for line in f if line.strip()]
+        stop.iteration = max((i for i in iters if isinstance(i, int)), default=None)
+    except (OSError, ValueError):
+        pass
+    try:
+        found = latest_checkpoint(run_dir, intact=True)
+        stop.checkpoint_iteration = found[1] if found else None
+    except Exception:  # the message is a courtesy; the storage may be what failed
+        pass
+
+
+def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Optional[str], init_weights,
+         address: Optional[str], callbacks: List[Any], show_progress: bool) -> Dict[str, Any]:
+    """Work dir, datasets, MLflow run, ``fit`` and final outputs, on a connected Ray."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from rayseg.datasets.bad_samples import BadSamplePolicy
     from rayseg.datasets.ray_data import build_eval_stream
     from rayseg.engine.callbacks import TrainLogCallback
     from rayseg.engine.data_config import SegDataConfig
     from rayseg.engine.loop import train_loop_per_worker
     from rayseg.engine.outputs import mlflow_summary, write_final_outputs
+    from rayseg.engine.process_group import BoundStoreTorchConfig
     from rayseg.engine.resume import read_run_state, write_run_state
     from rayseg.tracking import resume_run, start_run, system_metrics_spec
 
-    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-    connect_ray(address, num_cpus_needed=math.ceil(cpus_needed(spec)), dashboard=True)
     _check_cluster_storage(spec.checkpoint.storage)
     _check_cluster_room(spec, address)  # before the work dir exists: a refused job leaves nothing behind
     os.makedirs(spec.work_dir, exist_ok=True)
@@ -242,10 +316,14 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     # Block order matters only for the training stream, which the controller builds with its own context;
     # the driver's DataContext is the caller's process-wide one and must not keep preserve_order afterwards.
     quiet_ray_data()
-    datasets: Dict[str, Any] = {"train": TrainStreamFactory(checked.train_set, spec, run_dir, start_iter)}
+    # data.on_bad_sample; under skip it starts the run's ledger actor, which lives as long as this call.
+    bad_samples = BadSamplePolicy.start(spec.data.on_bad_sample, spec.data.max_bad_samples)
+    datasets: Dict[str, Any] = {"train": TrainStreamFactory(checked.train_set, spec, run_dir, start_iter,
+                                                            bad_samples=bad_samples)}
     if checked.val_set is not None:
         datasets["val"] = keep_original_errors(build_eval_stream(
-            checked.val_set, num_actors=max(1, num_val_actors(spec)), actor_num_cpus=INGEST_ACTOR_CPUS))
+            checked.val_set, num_actors=max(1, num_val_actors(spec)), actor_num_cpus=INGEST_ACTOR_CPUS,
+            bad_samples=bad_samples))
 
     state = read_run_state(spec.work_dir)
     run = resume_run(spec, state["mlflow_run_id"]) if start_iter and state.get("mlflow_run_id") else start_run(spec)
@@ -265,14 +343,16 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     class_names = list(checked.train_set.CLASSES) if getattr(checked.train_set, "CLASSES", None) else None
     console = TrainingConsole(spec.max_iters, start_iter, spec.data.samples_per_gpu * scaling.num_workers,
                               log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG)) if show_progress else None
-    trainer = TorchTrainer(
+    trainer = interruptible(TorchTrainer, on_stop=(lambda: run.finish("KILLED")) if run is not None else None)(
         train_loop_per_worker,
+        torch_config=BoundStoreTorchConfig(),  # its rendezvous store listens on loopback on one node
         train_loop_config={"spec": spec, "init_weights": init_weights, "class_names": class_names,
                            "system_metrics": system_metrics_spec(spec, run),
                            "progress": console.events if console else None,
                            # Train V2 refuses resume_from_checkpoint; the workers read it when Ray Train hands
                            # them no checkpoint of the run's own (which wins after a worker-group restart).
-                           "resume_from": resume_from},
+                           "resume_from": resume_from,
+                           "bad_samples": bad_samples},  # rank 0 reports its count as a metric
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=scaling.resources_per_worker,
                                      placement_strategy=scaling.placement_strategy),
@@ -283,7 +363,9 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
             result = trainer.fit()
     except BaseException as exc:
         if run is not None:
-            run.finish("FAILED")
+            run.finish("KILLED" if isinstance(exc, RunInterrupted) else "FAILED")
+        if isinstance(exc, RunInterrupted):
+            raise
         cause = user_error(exc)
         if cause is not None:
             # The worker's own error (naming the file, key or value) instead of Ray's wrappers around it.

@@ -59,6 +59,8 @@ def _dataset_ignore_index(dataset_cfg: Dict[str, Any], where: str) -> int:
 
 
 def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
+    from rayseg.datasets import bad_samples
+
     data = _section(cfg, "data")
     for key in ("samples_per_gpu", "train"):
         if key not in data:
@@ -74,10 +76,17 @@ def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
     first_batch_timeout = float(data.get("first_batch_timeout_s", DEFAULT_FIRST_BATCH_TIMEOUT_S))
     if first_batch_timeout <= 0:
         raise ConfigError(f"data.first_batch_timeout_s must be > 0 seconds, got {first_batch_timeout}")
+    on_bad_sample = data.get("on_bad_sample", bad_samples.DEFAULT_MODE)
+    if on_bad_sample not in bad_samples.MODES:
+        raise ConfigError(f"data.on_bad_sample must be one of {', '.join(bad_samples.MODES)}, got {on_bad_sample!r}")
+    max_bad = data.get("max_bad_samples", bad_samples.DEFAULT_MAX_BAD_SAMPLES)
+    if max_bad < 0:
+        raise ConfigError(f"data.max_bad_samples must be 0 or more, got {max_bad}")
     # workers_per_gpu: 0 means "load in the training process" in MMSeg; under Ray one actor per worker decodes.
     return DataSpec(samples_per_gpu=int(data["samples_per_gpu"]), workers_per_gpu=max(1, int(workers)),
                     train=data["train"], val=data.get("val") or None, test=data.get("test") or None,
-                    first_batch_timeout_s=first_batch_timeout)
+                    first_batch_timeout_s=first_batch_timeout, on_bad_sample=on_bad_sample,
+                    max_bad_samples=int(max_bad))
 
 
 def _epoch_keys(lr_config: Dict[str, Any], momentum_config: Optional[Dict[str, Any]]) -> List[str]:
@@ -183,10 +192,15 @@ def resolve_run(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path
     Raises ``ConfigError`` naming the key for anything rayseg would refuse or could not honour.
     """
     from rayseg.engine.precision import resolve_precision
+    from rayseg.custom_imports import import_custom_modules, resolve_custom_imports
+    from rayseg.engine.hooks import resolve_custom_hooks
     from rayseg.engine.storage import storage_root
     from rayseg.models import uses_sync_bn
 
     cfg = copy.deepcopy(cfg)
+    # First: the user's modules register the parts that every later step looks up by name.
+    custom_imports = import_custom_modules(resolve_custom_imports(cfg.get("custom_imports")))
+    custom_hooks = resolve_custom_hooks(cfg.get("custom_hooks"))
     notes = apply_key_policy(cfg)
     work_dir = resolve_work_dir(cfg, work_dir, config_path)
     seed = seed if seed is not None else cfg.get("seed")
@@ -226,4 +240,5 @@ def resolve_run(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path
         scaling=scaling, precision=resolve_precision(cfg), tracking=_tracking(cfg, work_dir),
         log=LogSpec(interval=log_interval, level=str(cfg.get("log_level", "INFO")).upper()),
         config_path=config_path, resume=bool(resume),
-        load_from=resolved["load_from"], resume_from=cfg.get("resume_from"), notes=tuple(notes))
+        load_from=resolved["load_from"], resume_from=cfg.get("resume_from"), notes=tuple(notes),
+        custom_imports=custom_imports, custom_hooks=custom_hooks)

@@ -24,6 +24,11 @@ class DataSpec:
     # Seconds a training worker waits for its first batch before it stops with an error naming the likely
     # cause (no CPU left for Ray Data's read tasks and decode/augment actors) instead of hanging.
     first_batch_timeout_s: float = 300.0
+    # What training does with a sample whose reading, decoding or checks fail (``rayseg.datasets.bad_samples``):
+    # "error" stops the run naming it (MMSeg's behaviour); "skip" drops it, logs it once and counts it, and
+    # stops only beyond ``max_bad_samples`` distinct bad samples in the run.
+    on_bad_sample: str = "error"
+    max_bad_samples: int = 100
 
     @property
     def train_pipeline(self) -> List[Dict[str, Any]]:
@@ -126,6 +131,20 @@ class LogSpec:
 
 
 @dataclass(frozen=True)
+class CustomImportsSpec:
+    """``custom_imports``: the user's modules, imported on the driver when the run is resolved and again in
+    every Ray worker and actor (``rayseg.custom_imports``), so the parts they register are known everywhere.
+
+    ``paths``: the folders the driver imported them from that a worker's ``sys.path`` may lack (the driver's
+    current directory, ``PYTHONPATH`` entries); each is added on a node only where it exists.
+    """
+
+    modules: Tuple[str, ...] = ()
+    allow_failed_imports: bool = False
+    paths: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One training run, fully resolved: every config key consumed once, in the section that owns it.
 
@@ -154,6 +173,10 @@ class RunSpec:
     load_from: Optional[str] = None
     resume_from: Optional[str] = None
     notes: Tuple[str, ...] = ()
+    custom_imports: CustomImportsSpec = CustomImportsSpec()
+    # ``custom_hooks`` resolved (``rayseg.engine.hooks.resolve_custom_hooks``): hook configs in run order, each
+    # with its ``priority`` as an int; built by every training worker.
+    custom_hooks: Tuple[Dict[str, Any], ...] = ()
 
     @property
     def log_path(self) -> str:

@@ -31,6 +31,8 @@ def start_parent_run(sweep, tracking_uri: str, artifact_root: Optional[str], exp
 
     from mlflow.tracking import MlflowClient
 
+    from rayseg.tracking_store import open_experiment
+
     if server_reachable(tracking_uri):
         warnings.warn(f"MLflow tracking server {tracking_uri} is unreachable; the sweep runs without MLflow",
                       RuntimeWarning, stacklevel=2)
@@ -41,9 +43,8 @@ def start_parent_run(sweep, tracking_uri: str, artifact_root: Optional[str], exp
             run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
             return MlflowRun(tracking_uri, run_id, run.info.experiment_id)
-        experiment = client.get_experiment_by_name(experiment_name)
-        exp_id = experiment.experiment_id if experiment else client.create_experiment(
-            experiment_name, artifact_location=f"{artifact_root}/{experiment_name}" if artifact_root else None)
+        client, exp_id = open_experiment(tracking_uri, experiment_name,
+                                         f"{artifact_root}/{experiment_name}" if artifact_root else None)
         name = f"sweep {os.path.splitext(os.path.basename(sweep.path))[0]}"
         run = client.create_run(exp_id, run_name=name, tags={"rayseg.sweep": sweep.path,
                                                              "rayseg.work_dir": sweep.work_dir})

@@ -167,8 +167,13 @@ def job_runtime_env(api_server: Optional[str] = None, gcs_address: Optional[str]
       30-line traceback, or found our live controller "dead" and removed our placement group. Naming our
       cluster here makes it ask the right one.
     - Quiet logs in every process (``quiet_ray_process``), unless ``RAYSEG_VERBOSE`` is set.
+    - The config's ``custom_imports``, once the driver has imported them (``rayseg.custom_imports``): every
+      process imports them at start-up, so the parts they register, and objects pickled by reference to them,
+      are known in every worker and actor.
     """
-    env = {}
+    from rayseg.custom_imports import runtime_env_vars
+
+    env = dict(runtime_env_vars())
     if api_server:
         env["RAY_API_SERVER_ADDRESS"] = api_server
     elif gcs_address:
@@ -182,8 +187,13 @@ def job_runtime_env(api_server: Optional[str] = None, gcs_address: Optional[str]
 
 
 def quiet_ray_process() -> None:
-    """Run in every Ray worker process rayseg's job starts: Ray Data's start-up lines, progress bars and
-    "execution finished" lines are for debugging (``RAYSEG_VERBOSE=1`` keeps them)."""
+    """Run in every Ray worker process rayseg's job starts (its ``worker_process_setup_hook``): import the
+    config's ``custom_imports`` (``rayseg.custom_imports.import_from_environment``); quiet Ray Data's start-up
+    lines, progress bars and "execution finished" lines, which are for debugging (``RAYSEG_VERBOSE=1`` keeps
+    them)."""
+    from rayseg.custom_imports import import_from_environment
+
+    import_from_environment()
     if os.environ.get("RAYSEG_VERBOSE"):
         return
     quiet_ray_data()

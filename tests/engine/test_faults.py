@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, data_options, free_port, logged_iters
 
 pytestmark = pytest.mark.slow
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml"
-
-
-def data_options(root: Path) -> list[str]:
-    return [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
-
-
-def logged_iters(log: Path) -> list[int]:
-    if not log.is_file():
-        return []
-    return [json.loads(line)["iter"] for line in log.read_text().splitlines() if line.strip()]
 
 
 def test_killed_worker_restarts_from_the_latest_checkpoint(ray_head, demo_data, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from rayseg.engine import storage
 from rayseg.engine.best import BestScore, resolve_save_best
 from rayseg.engine.precision import PrecisionSettings, precision_settings, resolve_precision
-from rayseg.engine.resume import checkpoint_iteration, latest_checkpoint
+from rayseg.engine.resume import checkpoint_iteration, checkpoint_problem, latest_checkpoint
 from rayseg.engine.step import TrainStep
 from rayseg.errors import ConfigError
 
@@ -216,3 +216,21 @@ def test_latest_checkpoint_follows_what_ray_registered(tmp_path):
     assert latest_checkpoint(str(run)) is None  # Ray starts from scratch, so must the data stream
     (run / "checkpoint_manager_snapshot.json").write_text("{not json")
     assert latest_checkpoint(str(run))[1] == 8  # unreadable snapshot: the newest complete folder
+
+
+def test_a_torn_checkpoint_is_passed_over_for_the_newest_intact_one(tmp_path):
+    run = tmp_path / "run"
+    _write_ckpt(run / "iter_00000004", 4)
+    _write_ckpt(run / "iter_00000008", 8)
+    torn = run / "iter_00000008" / "checkpoint.pt"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])  # cut short, as by a node dying mid-upload
+    assert latest_checkpoint(str(run))[1] == 8  # without the check: the folder is there
+    for location in (str(run), f"file://{run}"):
+        skipped = []
+        folder, iteration = latest_checkpoint(location, intact=True, skipped=skipped)
+        assert iteration == 4 and folder.endswith("iter_00000004")
+        assert len(skipped) == 1 and skipped[0][0].endswith("iter_00000008")
+        assert "checkpoint.pt" in skipped[0][1] and "truncated" in skipped[0][1]
+    assert checkpoint_problem(str(run / "iter_00000004")) is None
+    (run / "iter_00000004" / "checkpoint.pt").write_bytes(b"")
+    assert latest_checkpoint(str(run), intact=True) is None

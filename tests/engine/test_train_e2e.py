@@ -5,19 +5,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, REPO_ROOT, MlflowServer
+from conftest import BIN, REPO_ROOT, MlflowServer, data_options
 
 pytestmark = pytest.mark.slow
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml"
-
-
-def data_options(root: Path) -> list[str]:
-    return [f"data.{split}.data_root={root}" for split in ("train", "val", "test")]
 
 
 @pytest.fixture(scope="module")

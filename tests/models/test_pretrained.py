@@ -237,7 +237,8 @@ def test_load_weights_file_formats(tmp_path):
     mmseg = tmp_path / "mmseg.pth"
     torch.save({"state_dict": state, "meta": {"CLASSES": ("a", "b", "c")}, "optimizer": {"state": {}}}, mmseg)
     loaded = load_weights_file(str(mmseg))
-    assert set(loaded) == {"state_dict", "meta"} and loaded["meta"]["classes"] == ("a", "b", "c")
+    assert set(loaded) == {"state_dict", "meta", "source"} and loaded["meta"]["classes"] == ("a", "b", "c")
+    assert loaded["source"] == str(mmseg)
     bare = tmp_path / "bare.pth"
     torch.save(state, bare)
     assert load_weights_file(str(bare))["meta"] == {}
