@@ -21,7 +21,7 @@ from rayseg.utils.ray_session import USER_ERRORS
 def main(argv=None) -> int:
     """Parse arguments, print the resolved config, return the exit status (2 on a config or data error)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="path to a YAML config")
+    parser.add_argument("config", help="path to a YAML config or an MMSegmentation .py config")
     parser.add_argument("--cfg-options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override keys, e.g. lr_config.power=1.0 data.samples_per_gpu=4")
     parser.add_argument("--work-dir", help="the work dir the run would use (it decides the default MLflow store)")

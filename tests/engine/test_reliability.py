@@ -44,11 +44,13 @@ def wait_for_iteration(proc: subprocess.Popen, log: Path, out: Path, iteration: 
         time.sleep(0.3)
 
 
-def alive_actors(ray_head, class_name: str) -> list:
+def alive_actors(ray_head, job_id: str) -> list:
+    """The live actors the Ray job ``job_id`` started (detached ones live on by design)."""
     from ray.util.state import list_actors
 
-    return list_actors(address=ray_head.dashboard_url, filters=[("class_name", "=", class_name),
-                                                                 ("state", "=", "ALIVE")])
+    actors = list_actors(address=ray_head.dashboard_url, filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")],
+                         detail=True)
+    return [a for a in actors if not a.is_detached]
 
 
 # --- the work dir lock (no Ray) ------------------------------------------------------------------------------
@@ -243,9 +245,10 @@ def test_ctrl_c_stops_cleanly_and_a_torn_checkpoint_is_skipped_on_resume(ray_hea
     assert "Traceback" not in output
     (run,) = mlflow_runs(tmp_path / "mlflow.db")
     assert run.info.status == "KILLED"
-    deadline = time.time() + 60  # the workers and the controller are gone, not left running on the cluster
-    while alive_actors(ray_head, "RayTrainWorker") or alive_actors(ray_head, "TrainController"):
-        assert time.time() < deadline, "training actors outlived the interrupted job"
+    # The job's workers, controller and data actors are gone, not left running on the cluster.
+    deadline = time.time() + 120
+    while alive_actors(ray_head, run.data.tags["ray.job_id"]):
+        assert time.time() < deadline, f"actors outlived the interrupted job: {alive_actors(ray_head, run.data.tags['ray.job_id'])}"
         time.sleep(1)
 
     # The newest checkpoint is torn (a node died mid-upload): --resume falls back to the one before.
