@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 from rayseg.registry import BACKBONES, HEADS, LOSSES, MODELS, NECKS, build
 
-from rayseg.models import backbones, heads, losses, samplers, segmentors  # noqa: F401  (registration)
+from rayseg.models import backbones, heads, losses, necks, samplers, segmentors  # noqa: F401  (registration)
 from rayseg.models.segmentors import EncoderDecoder, uses_sync_bn
 
 

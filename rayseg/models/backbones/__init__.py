@@ -4,5 +4,7 @@ from rayseg.models.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
 
 __all__ = ["BaseBackbone", "ResNet", "ResNetV1c", "ResNetV1d"]
 
-# Model-zoo backbones: each module registers its classes on import.
-from rayseg.models.backbones import mit, unet, mobilenet_v2, fast_scnn  # noqa: E402,F401
+# Model-zoo backbones: every module here registers its classes on import (one file per family).
+from rayseg.utils.imports import import_submodules  # noqa: E402
+
+import_submodules(__name__, __path__)

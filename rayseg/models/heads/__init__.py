@@ -5,5 +5,7 @@ from rayseg.models.heads.psp_head import PSPHead
 
 __all__ = ["BaseDecodeHead", "FCNHead", "PSPHead", "accuracy"]
 
-# Model-zoo heads: each module registers its classes on import.
-from rayseg.models.heads import aspp_head, sep_aspp_head, uper_head, segformer_head, sep_fcn_head  # noqa: E402,F401
+# Model-zoo heads: every module here registers its classes on import (one file per head).
+from rayseg.utils.imports import import_submodules  # noqa: E402
+
+import_submodules(__name__, __path__)
