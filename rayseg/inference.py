@@ -108,13 +108,16 @@ def load_inference_model(cfg: Dict[str, Any], checkpoint: Union[None, str, os.Pa
     switched off and the weights must fit exactly (``allow_num_classes_change=False``): a classifier
     left at its initialisation would give meaningless labels and metrics. ``source`` names loaded
     weights in errors.
-    The model gets ``cfg``, ``CLASSES`` and ``PALETTE`` (see :func:`classes_and_palette`).
+    The model gets ``cfg``, ``CLASSES`` and ``PALETTE`` (see :func:`classes_and_palette`). The config's
+    ``custom_imports`` are imported first, so ``init_model`` builds models made of the user's parts.
     """
+    from rayseg.custom_imports import import_custom_modules
     from rayseg.engine.checkpoint import load_model_weights, load_weights_file
     from rayseg.models import build_segmentor
 
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise ConfigError("the config has no 'model' section")
+    import_custom_modules(cfg)  # the model may name the user's parts (custom_imports); cheap when done already
     meta: Dict[str, Any] = {}
     if checkpoint is None:
         model = build_segmentor(cfg["model"])

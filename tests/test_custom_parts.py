@@ -719,3 +719,59 @@ def test_user_package_trains_and_evaluates_on_ray(ray_head, demo_data, tmp_path)
     assert "mIoU" in test.stdout
     # jobs/test.py's driver builds the model once to check the checkpoint; the actor builds it again.
     assert len(pids("backbone") - seen) >= 2, "no evaluation actor built the user's backbone"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the same keys in MMSeg 1.x .py configs, and in init_model
+
+USER_HOOK = '''
+from rayseg.engine.hooks import Hook
+from rayseg.registry import HOOKS
+
+
+@HOOKS.register_module()
+class CountingHook(Hook):
+    def __init__(self, every=1):
+        self.every = every
+'''
+
+
+def test_mmseg_1x_config_keeps_custom_imports_and_user_hooks(clean_registries, tmp_path):
+    from rayseg.config import load_config
+    from rayseg.mmseg_config import load_mmseg_config
+
+    root = write_package(tmp_path, "userpkg_1x", {"hooks": USER_HOOK, "mobilenet": GUIDE_BACKBONE})
+    sys.path.append(str(root))
+    base = REPO_ROOT / "tests" / "fixtures" / "mmseg_configs" / "1.x" / "fcn" / "fcn_r50-d8_4xb4-20k_voc12aug-512x512.py"
+    path = tmp_path / "mine.py"
+    path.write_text(textwrap.dedent(f"""\
+        _base_ = ['{base}']
+        custom_imports = dict(imports=['userpkg_1x.hooks', 'userpkg_1x.mobilenet'], allow_failed_imports=False)
+        custom_hooks = [dict(type='CountingHook', every=5, priority='LOW'), dict(type='EMAHook')]
+    """))
+    _, report = load_mmseg_config(str(path))
+    assert [e.path for e in report.untranslatable] == ["custom_hooks.1"]
+    assert "'EMAHook' is MMEngine's" in report.untranslatable[0].reason
+    path.write_text(path.read_text().replace(", dict(type='EMAHook')", ""))
+    cfg = load_config(str(path))
+    assert cfg["custom_imports"] == {"imports": ["userpkg_1x.hooks", "userpkg_1x.mobilenet"],
+                                     "allow_failed_imports": False}
+    assert cfg["custom_hooks"] == [{"type": "CountingHook", "every": 5, "priority": "LOW"}]
+
+    from rayseg.custom_imports import import_custom_modules
+    from rayseg.engine.hooks import resolve_custom_hooks
+
+    import_custom_modules(cfg)
+    assert resolve_custom_hooks(cfg["custom_hooks"])[0]["priority"] == 70  # LOW, as in MMEngine
+
+
+def test_init_model_imports_the_configs_custom_imports(clean_registries, tmp_path):
+    from rayseg.apis import init_model
+    from rayseg.registry import BACKBONES
+
+    root = write_package(tmp_path, "userpkg_init", {"mobilenet": GUIDE_BACKBONE})
+    sys.path.append(str(root))
+    assert "MobileNet" not in BACKBONES
+    cfg = {"model": guide_model_cfg(), "custom_imports": {"imports": ["userpkg_init.mobilenet"]}}
+    model = init_model(cfg)
+    assert type(model.backbone).__module__ == "userpkg_init.mobilenet" and not model.training

@@ -352,7 +352,7 @@ def test_untranslatable_keys_are_listed(tmp_path):
         load_config(path)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{path}: 5 MMSeg keys cannot be translated")
-    for key, reason in [("custom_hooks", "rayseg runs no custom hooks"),
+    for key, reason in [("custom_hooks.0", "'EMAHook' is MMEngine's: rayseg keeps no exponential moving average"),
                         ("param_scheduler.0.type", "'OneCycleLR' has no rayseg lr policy equivalent"),
                         ("train_dataloader.dataset.pipeline.1", "'RandomRotate' has no rayseg equivalent"),
                         ("default_hooks.visualization.draw", "jobs/predict.py --overlay"),
@@ -455,12 +455,12 @@ def test_convert_config_refuses_untranslatable(tmp_path):
     proc = _convert_cli(path, out)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
-    assert "custom_hooks: rayseg runs no custom hooks" in proc.stderr
+    assert "custom_hooks.0: 'EMAHook' is MMEngine's" in proc.stderr
     assert not out.exists()
     report = convert(path, str(out), partial=True)  # the rest is written, the refused keys listed in its header
     assert len(report.untranslatable) == 5
     header = out.read_text().split("\nmodel:")[0]
-    assert "# cannot be translated (left out):" in header and "#   - custom_hooks: rayseg runs no" in header
+    assert "# cannot be translated (left out):" in header and "#   - custom_hooks.0: 'EMAHook' is MMEngine's" in header
     assert yaml.safe_load(out.read_text())["runner"]["max_iters"] == 40000
 
 
@@ -536,3 +536,14 @@ def test_yaml_dollars_and_sections(tmp_path):
     assert cfg["work_dir"] == "runs/$HOME/${x}/seed3-$5"
     assert cfg["mlflow"]["tags"] == {"seed": 3, "flag": "on=true"}
     assert cfg["seed"] == 3 and "flag" not in cfg  # a referenced section stays a section
+
+
+def test_read_base_configs_are_refused_with_the_alternative(tmp_path):
+    path = write(tmp_path, "new_style.py", """
+        from mmengine.config import read_base
+        with read_base():
+            from .._base_.models.pspnet_r50 import *
+        model.update(dict(decode_head=dict(num_classes=19)))
+    """)
+    with pytest.raises(ConfigError, match=r"new_style\.py:3: MMEngine.s pure-Python config style .* _base_ = \[\.\.\.\] layout"):
+        load_config(path)

@@ -74,6 +74,10 @@ class _Reader(Evaluator):
             return
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
             self.import_(stmt)
+        elif isinstance(stmt, ast.With) and "read_base" in ast.dump(stmt.items[0].context_expr):
+            raise self.fail(stmt, "MMEngine's pure-Python config style ('with read_base(): from ... import *', "
+                                  "then .update() calls) is not read: it runs code. Use the same config in MMSeg's "
+                                  "_base_ = [...] layout (MMSeg's configs/ folder has each one)")
         else:
             raise self.refuse(stmt)
 

@@ -34,6 +34,18 @@ _HOOKS_IGNORED = {
     "timer": "rayseg times every iteration itself", "param_scheduler": "rayseg steps the lr every iteration",
     "sampler_seed": "the data stream is seeded by each sample's position",
 }
+# MMEngine's hooks a config may list in custom_hooks, and why rayseg has none of them.
+_MMENGINE_HOOKS = {
+    "EMAHook": "rayseg keeps no exponential moving average of the weights",
+    "EmptyCacheHook": "rayseg does not empty the CUDA cache between iterations",
+    "SyncBuffersHook": "buffers are synchronised by SyncBN (norm_cfg type SyncBN)",
+    "ProfilerHook": "profile with bench/train_step.py",
+    "NaiveVisualizationHook": "rayseg draws predictions with jobs/predict.py --overlay",
+    "SegVisualizationHook": "rayseg draws predictions with jobs/predict.py --overlay",
+    "RuntimeInfoHook": "rayseg logs the lr and iteration itself", "IterTimerHook": "rayseg times every iteration",
+    "LoggerHook": "set log_config.interval", "CheckpointHook": "set checkpoint_config",
+    "ParamSchedulerHook": "rayseg steps the lr every iteration", "DistSamplerSeedHook": "the data stream is seeded",
+}
 # Every 1.x top-level key this module reads (the classifier treats them as config keys, not helpers).
 KEYS_1X = frozenset({"train_dataloader", "val_dataloader", "test_dataloader", "optim_wrapper", "param_scheduler",
                      "train_cfg", "default_hooks", "val_evaluator", "test_evaluator", "env_cfg", "randomness",
@@ -117,6 +129,25 @@ def _evaluator(ev: Any, where: str, report: Report) -> Optional[Any]:
     return metrics[0] if len(metrics) == 1 else (metrics or None)
 
 
+def _custom_hooks(hooks: Any, out: Dict[str, Any], report: Report) -> None:
+    """The user's hooks carry over (registered through ``custom_imports``, checked when the run resolves);
+    MMEngine's own hooks have no rayseg equivalent and are refused by index."""
+    if not hooks:
+        return
+    if not isinstance(hooks, list):
+        report.refuse("custom_hooks", f"expected a list of hooks, got {hooks!r}")
+        return
+    kept = []
+    for i, hook in enumerate(hooks):
+        kind = hook.get("type") if isinstance(hook, dict) else None
+        if kind in _MMENGINE_HOOKS:
+            report.refuse(f"custom_hooks.{i}", f"{kind!r} is MMEngine's: {_MMENGINE_HOOKS[kind]}")
+        else:
+            kept.append(copy.deepcopy(hook))
+    if kept:
+        out["custom_hooks"] = kept
+
+
 def _runtime(cfg: Dict[str, Any], out: Dict[str, Any], report: Report) -> None:
     env = cfg.get("env_cfg")
     if isinstance(env, dict):
@@ -138,15 +169,14 @@ def _runtime(cfg: Dict[str, Any], out: Dict[str, Any], report: Report) -> None:
         report.refuse("resume", "use jobs/train.py --resume (continues the run in the work dir)")
     elif "resume" in cfg:
         report.ignore("resume", "False: a new run (jobs/train.py --resume continues one)")
-    if cfg.get("custom_hooks"):
-        report.refuse("custom_hooks", "rayseg runs no custom hooks")
+    _custom_hooks(cfg.get("custom_hooks"), out, report)
     scale = cfg.get("auto_scale_lr")
     if isinstance(scale, dict) and scale.get("enable"):
         report.refuse("auto_scale_lr", "rayseg does not rescale the lr; set optimizer.lr for your batch size")
     elif scale is not None:
         report.ignore("auto_scale_lr", "enable=False")
-    if cfg.get("custom_imports"):
-        report.refuse("custom_imports", "register your parts in rayseg instead (docs/design.md, Where to add things)")
+    if cfg.get("custom_imports") is not None:
+        out["custom_imports"] = copy.deepcopy(cfg["custom_imports"])  # same key, same meaning in rayseg
     for key, reason in IGNORED_1X.items():
         if key in cfg:
             report.ignore(key, reason)
