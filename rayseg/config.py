@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from rayseg import config_vars
+from rayseg.credentials import refuse_credentials
 from rayseg.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -331,6 +332,7 @@ def load_config(path: str, cfg_options: Iterable[str] = ()) -> Dict[str, Any]:
         _set_override(cfg, option)
     if options:
         _validate(cfg, SCHEMA, "", f"{source} after --cfg-options {' '.join(options)}")
+    refuse_credentials(cfg, source)  # a config is logged and printed: no passwords in it
     return cfg
 
 
