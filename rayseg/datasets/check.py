@@ -8,6 +8,7 @@ so "out of range" means exactly what training would reject, and it counts the pi
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -18,6 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from rayseg.datasets import listing
+from rayseg.datasets.ray_data import read_file_bytes
 from rayseg.errors import ConfigError, DataError
 
 KINDS = ("unreadable", "missing_mask", "size_mismatch", "bad_mask_format", "label_out_of_range")
@@ -83,7 +86,7 @@ class DatasetReport:
 def _read_header(path: str) -> Tuple[Optional[Tuple[int, int]], Optional[str], Optional[str]]:
     """``(size WxH, PIL mode, None)`` or ``(None, None, why it cannot be used)``; decodes no pixels."""
     try:
-        with open(path, "rb") as f:
+        with (io.BytesIO(read_file_bytes(path)) if "://" in path else open(path, "rb")) as f:  # object storage too
             with Image.open(f) as im:
                 size, mode, fmt = im.size, im.mode, im.format
             marker = _END_MARKERS.get(fmt)
@@ -105,7 +108,7 @@ def _header_check(img_path: str, seg_path: Optional[str]) -> Tuple[List[Problem]
         problems.append(Problem(img_path, "unreadable", why))
     if seg_path is None:
         return problems, not why, False
-    if not os.path.isfile(seg_path):
+    if not listing.is_file(seg_path):
         problems.append(Problem(img_path, "missing_mask", f"no mask: expected {seg_path}"))
         return problems, not why, False
     seg_size, seg_mode, seg_why = _read_header(seg_path)
@@ -262,11 +265,11 @@ def _list_part_keeping_missing_masks(self: Any, ann_dir: Optional[str], split: O
     samples = super(type(self), self)._list_part(None, split)  # the images, by the dataset's own rules
     if ann_dir is None:
         return samples
-    if not os.path.isdir(ann_dir):
+    if not self._tree(ann_dir).exists():
         raise DataError(f"annotation directory {ann_dir} does not exist")
     for s in samples:  # the pairing rule of CustomDataset._list_part: same relative name, mask suffix
-        rel = os.path.relpath(s["img_path"], self.img_dir)
-        s["seg_path"] = os.path.join(ann_dir, rel[: -len(self.img_suffix)] + self.seg_map_suffix)
+        rel = s["img_path"][len(self.img_dir):].lstrip("/" + os.sep)
+        s["seg_path"] = listing.join(ann_dir, rel[: -len(self.img_suffix)] + self.seg_map_suffix)
     return samples
 
 

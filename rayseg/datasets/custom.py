@@ -10,12 +10,12 @@ The dataset only lists files and runs pipelines; Ray Data reads the bytes (from 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 
+from rayseg.datasets import listing
 from rayseg.datasets.compose import build_pipeline
 from rayseg.datasets.loading import LoadAnnotations, as_label_map
 from rayseg.errors import ConfigError, DataError
@@ -55,6 +55,10 @@ class CustomDataset:
        subset of ``CLASSES``, old class index → new index, dropped classes → ``ignore_index``. As in
        MMSeg 1.x this runs after the reduction, so it is indexed by the reduced labels.
 
+    ``data_root``, the folders and split files may be local or on object storage (``s3://``, ``gs://``:
+    ``rayseg.datasets.listing``). ``manifest`` (a Parquet file ``jobs/build_manifest.py`` wrote, local or a URI)
+    replaces the listing: the samples are its rows, and nothing is listed or checked for existence.
+
     ``ann_dir`` and ``split`` may be equal-length lists (one ``ann_dir`` may serve several splits): the
     samples of each (ann_dir, split) pair are concatenated in order, duplicates kept, as MMSeg builds a
     ConcatDataset from such lists (``pascal_voc12_aug``).
@@ -84,6 +88,7 @@ class CustomDataset:
         reduce_zero_label: Optional[bool] = None,
         ignore_index: Optional[int] = None,
         test_mode: bool = False,
+        manifest: Optional[str] = None,
     ):
         self.pipeline_cfg = [dict(c) for c in pipeline]
         self.pipeline = build_pipeline(self.pipeline_cfg)  # config errors surface at construction
@@ -103,13 +108,15 @@ class CustomDataset:
         self.subset_label_map: Optional[Dict[int, int]] = subset_map or None
         merged = {**as_label_map(self.LABEL_MAP), **(as_label_map(label_map) or {})}
         self.label_map: Optional[Dict[int, int]] = merged or None
+        self.manifest_path = self._join(manifest) if manifest is not None else None
         self._samples = self._list_samples()
 
     # ------------------------------------------------------------------ listing
     def _join(self, path: str) -> str:
-        if self.data_root is not None and not os.path.isabs(path):
-            path = os.path.join(self.data_root, path)
-        return os.path.abspath(path)
+        """``path`` under ``data_root`` (either may be a local path or a ``scheme://`` URI), made absolute."""
+        if self.data_root is not None:
+            path = listing.join(self.data_root, path)
+        return listing.absolute(path)
 
     def _ann_split_pairs(self, ann_dir: Any, split: Any) -> List[Tuple[Optional[str], Optional[str]]]:
         """[(ann_dir, split)] as absolute paths (None where absent), one pair per split file."""
@@ -158,42 +165,52 @@ class CustomDataset:
         return names, palette, subset_map
 
     def _list_samples(self) -> List[Dict[str, Optional[str]]]:
-        """The samples of every (ann_dir, split) pair, concatenated in order."""
-        if not os.path.isdir(self.img_dir):
+        """The samples of every (ann_dir, split) pair, concatenated in order; or the manifest's rows."""
+        if self.manifest_path is not None:
+            from rayseg.datasets.manifest import read_manifest
+
+            return read_manifest(self.manifest_path, with_masks=self._parts[0][0] is not None)
+        self._trees: Dict[str, listing.FileTree] = {}
+        if not self._tree(self.img_dir).exists():
             raise DataError(f"image directory {self.img_dir} does not exist")
         samples: List[Dict[str, Optional[str]]] = []
         for ann_dir, split in self._parts:
             samples.extend(self._list_part(ann_dir, split))
         return samples
 
+    def _tree(self, directory: str) -> listing.FileTree:
+        """One listing per folder per dataset (object storage is listed once, not asked once per file)."""
+        trees = self.__dict__.setdefault("_trees", {})
+        if directory not in trees:
+            trees[directory] = listing.FileTree(directory)
+        return trees[directory]
+
     def _list_part(self, ann_dir: Optional[str], split: Optional[str]) -> List[Dict[str, Optional[str]]]:
-        if ann_dir is not None and not os.path.isdir(ann_dir):
+        if ann_dir is not None and not self._tree(ann_dir).exists():
             raise DataError(f"annotation directory {ann_dir} does not exist")
+        images = self._tree(self.img_dir)
         if split is not None:
-            if not os.path.isfile(split):
+            if not listing.is_file(split):
                 raise DataError(f"split file {split} does not exist")
-            with open(split) as f:
-                stems = [line.strip() for line in f if line.strip()]
+            stems = [line.strip() for line in listing.read_text(split).splitlines() if line.strip()]
             rel = [s + self.img_suffix for s in stems]
-            absent = [os.path.join(self.img_dir, r) for r in rel if not os.path.isfile(os.path.join(self.img_dir, r))]
+            absent = [listing.join(self.img_dir, r) for r in rel if not images.has(r)]
             if absent:
                 raise DataError(f"split {split} names {len(absent)} image(s) that do not exist: {_listing(absent)}")
         else:
-            rel = []
-            for root, _, files in os.walk(self.img_dir, followlinks=True):
-                for name in files:
-                    if name.endswith(self.img_suffix):
-                        rel.append(os.path.relpath(os.path.join(root, name), self.img_dir))
+            rel = images.files(self.img_suffix)
         rel = sorted(rel)
         if not rel:
             raise DataError(f"no images ending in {self.img_suffix!r} found in {self.img_dir}")
-        samples = [{"img_path": os.path.join(self.img_dir, r),
-                    "seg_path": None if ann_dir is None else
-                    os.path.join(ann_dir, r[: -len(self.img_suffix)] + self.seg_map_suffix)} for r in rel]
-        missing = [f"{s['img_path']} (expected mask {s['seg_path']})"
-                   for s in samples if s["seg_path"] is not None and not os.path.isfile(s["seg_path"])]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) have no mask: {_listing(missing)}")
+        mask_rel = [r[: -len(self.img_suffix)] + self.seg_map_suffix for r in rel]
+        samples = [{"img_path": listing.join(self.img_dir, r),
+                    "seg_path": None if ann_dir is None else listing.join(ann_dir, m)} for r, m in zip(rel, mask_rel)]
+        if ann_dir is not None:
+            masks = self._tree(ann_dir)
+            missing = [f"{s['img_path']} (expected mask {s['seg_path']})"
+                       for s, m in zip(samples, mask_rel) if not masks.has(m)]
+            if missing:
+                raise DataError(f"{len(missing)} image(s) have no mask: {_listing(missing)}")
         return samples
 
     # ------------------------------------------------------------------ access

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from rayseg.datasets import listing
 from rayseg.errors import ConfigError, DataError
 from rayseg.registry import TRANSFORMS
 
@@ -30,16 +31,13 @@ def _check_backend(backend: str, where: str) -> None:
 
 
 def _read_bytes(results: Dict[str, Any], bytes_key: str, path: Optional[str]) -> np.ndarray:
-    """Return the file's bytes as a uint8 array, from ``results[bytes_key]`` when present else from disk."""
+    """Return the file's bytes as a uint8 array, from ``results[bytes_key]`` when present else from the file
+    (a local path or an object-storage URI)."""
     data = results.pop(bytes_key, None)  # the decoded array supersedes the bytes; keeps batches small
     if data is None:
         if path is None:
             raise DataError(f"no file to read: {bytes_key!r} is absent and the path is None")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise DataError(f"cannot read {path}: {exc}") from exc
+        data = listing.read_bytes(str(path))
     if isinstance(data, np.ndarray):
         return data.astype(np.uint8, copy=False).reshape(-1)
     return np.frombuffer(bytes(data), dtype=np.uint8)

@@ -196,6 +196,8 @@ def _start_point(spec: RunSpec, run_dir: str) -> Tuple[int, Optional[str]]:
     if previous and not spec.resume:
         raise ConfigError(f"{spec.work_dir} already holds a run that reached iteration {previous[1]} "
                           f"({previous[0]}); pass --resume to continue it, or choose another --work-dir")
+    if previous:
+        print(f"resuming from {previous[0]} (iteration {previous[1]} of {spec.max_iters})", flush=True)
     return (previous[1], None) if previous else (0, None)
 
 

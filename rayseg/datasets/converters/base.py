@@ -11,8 +11,8 @@ writes what needs every unit done (split lists, a summary). ``run_conversion`` d
 - never stops halfway for a bad input: a unit that raises is listed (its inputs and the error) in the
   returned ``ConversionReport`` and the others carry on; ``finish()`` runs only when no unit failed.
 
-Outputs are written with ``write_image`` (to a temporary name, then renamed), so a file that exists is
-complete.
+Outputs are written with ``write_image``, ``write_text``, ``write_bytes`` or ``copy_file`` (to a temporary
+name, then renamed), so a file that exists is complete. ``check_layout`` names what a source lacks.
 """
 from __future__ import annotations
 
@@ -110,6 +110,17 @@ class Converter:
         return []
 
 
+def check_layout(name: str, root: str, required: Sequence[str], hint: str = "") -> None:
+    """Raise DataError listing every path of ``required`` (relative to ``root``) that is missing, so a user
+    sees at once how their download differs from the official layout ``name`` expects."""
+    if not os.path.isdir(root):
+        raise DataError(f"{name}: source {root} does not exist or is not a directory")
+    missing = [rel for rel in required if not os.path.exists(os.path.join(root, rel))]
+    if missing:
+        raise DataError(f"{name}: {root} is not the official layout: missing {', '.join(missing)}"
+                        + (f" ({hint})" if hint else ""))
+
+
 # ----------------------------------------------------------------------------- helpers for units
 def write_image(path: str, array: np.ndarray, params: Optional[Sequence[int]] = None) -> str:
     """Write ``array`` (H×W or H×W×3 BGR, uint8) with OpenCV, atomically; the format follows the suffix."""
@@ -132,6 +143,40 @@ def write_text(path: str, lines: Sequence[str]) -> str:
         f.writelines(f"{line}\n" for line in lines)
     os.replace(tmp, path)
     return path
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically (a file taken unchanged from an archive)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def copy_file(src: str, dst: str, link: bool = False) -> str:
+    """Copy ``src`` to ``dst`` atomically, or hard-link it when ``link`` (falling back to a copy where the two
+    are on different file systems). For images a converter carries over unchanged."""
+    import shutil
+
+    if os.path.abspath(src) == os.path.abspath(dst):
+        return dst
+    if not os.path.isfile(src):
+        raise DataError(f"cannot read {src}: no such file")
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    if link:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not allowed: copy instead
+            shutil.copyfile(src, tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def read_image(path: str, flags: Optional[int] = None) -> np.ndarray:
@@ -162,7 +207,12 @@ def _run_unit(fn: Callable[..., Sequence[str]], kwargs: Dict[str, Any]) -> Dict[
         return {"outputs": [], "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _read_journal(dst: str) -> Dict[str, List[str]]:
+def _read_journal(dst: str, name: Optional[str] = None) -> Dict[str, List[str]]:
+    """The units of converter ``name`` recorded as done in ``dst``'s journal (key → outputs).
+
+    Several converters may share one ``dst`` (MMSeg puts VOC-aug and Pascal Context both under
+    ``VOCdevkit``), so entries carry the converter's name; an entry without one counts for every converter.
+    """
     done: Dict[str, List[str]] = {}
     path = os.path.join(dst, JOURNAL)
     if os.path.isfile(path):
@@ -172,8 +222,20 @@ def _read_journal(dst: str) -> Dict[str, List[str]]:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a line torn by a crash: that unit runs again
                     continue
-                done[entry["key"]] = entry["outputs"]
+                if not isinstance(entry, dict) or "key" not in entry or "outputs" not in entry:
+                    continue
+                if name is None or entry.get("converter", name) == name:
+                    done[entry["key"]] = entry["outputs"]
     return done
+
+
+def converter_descriptions() -> Dict[str, str]:
+    """Each registered converter's name → the first line of its docstring (``convert_dataset.py --list``)."""
+    out = {}
+    for name in sorted(CONVERTERS.keys()):
+        doc = (CONVERTERS.get(name).__doc__ or "").strip()
+        out[name] = doc.splitlines()[0].strip() if doc else ""
+    return out
 
 
 def build_converter(name: str, src: str, dst: str, **options: Any) -> Converter:
@@ -208,7 +270,7 @@ def run_conversion(name: str, src: str, dst: str, nproc: Optional[int] = None, p
     if len(set(keys)) != len(keys):
         raise RuntimeError(f"converter {name} planned duplicate unit keys")
     os.makedirs(converter.dst, exist_ok=True)
-    journal = _read_journal(converter.dst)
+    journal = _read_journal(converter.dst, name)
     report = ConversionReport(name=name, src=converter.src, dst=converter.dst, units=len(units))
     written: List[str] = []
     todo: List[Unit] = []
@@ -240,7 +302,7 @@ def run_conversion(name: str, src: str, dst: str, nproc: Optional[int] = None, p
                     else:
                         report.done += 1
                         written.extend(result["outputs"])
-                        log.write(json.dumps({"key": unit.key, "outputs": result["outputs"]}) + "\n")
+                        log.write(json.dumps({"converter": name, "key": unit.key, "outputs": result["outputs"]}) + "\n")
                         log.flush()
                     bar.update(1)
     if not report.failures:
