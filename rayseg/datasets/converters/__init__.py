@@ -1,5 +1,5 @@
 """Dataset converters: official downloads → the layouts rayseg's dataset classes read
-(``jobs/convert_dataset.py NAME SRC DST``, docs/datasets.md). Importing this package registers every
+(``jobs/convert_dataset.py NAME SRC DST``, docs/dataset_conversion.md). Importing this package registers every
 converter module in it with ``CONVERTERS``."""
 from rayseg.datasets.converters.base import (CONVERTERS, ConversionReport, Converter, Unit, build_converter,
                                              read_image, run_conversion, write_image, write_text)
