@@ -84,6 +84,9 @@ def main() -> int:
         ml = summary["mlflow"]
         print(f"MLflow run {ml['run_id']} in {ml['tracking_uri']}")
         print(f"open the UI: {ml['ui']}   then visit {ml['url']}")
+    if summary.get("registered"):
+        reg = summary["registered"]
+        print(f"registered model {reg['name']} version {reg['version']} ({reg['uri']}) from {reg['weights']}")
     return 0
 
 

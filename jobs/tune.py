@@ -42,6 +42,9 @@ def main() -> int:
     print(f"best config: {summary['best_config']}   (python jobs/train.py {summary['best_config']})")
     if summary.get("best_checkpoint"):
         print(f"best checkpoint: {summary['best_checkpoint']}")
+    if summary.get("registered"):
+        reg = summary["registered"]
+        print(f"registered model {reg['name']} version {reg['version']} ({reg['uri']})")
     if summary.get("parent_run_id"):
         print(f"MLflow sweep run {summary['parent_run_id']} in {summary['tracking_uri']}")
     return 0

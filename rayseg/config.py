@@ -33,7 +33,7 @@ DEFAULTS: Dict[str, Any] = {
     "storage_path": None,
     "scaling": {"num_workers": 1, "use_gpu": False, "resources_per_worker": None, "placement_strategy": "PACK"},
     "mlflow": {"tracking_uri": None, "experiment_name": "rayseg", "run_name": None, "tags": {},
-               "system_metrics": True, "system_metrics_interval": 10},
+               "system_metrics": True, "system_metrics_interval": 10, "register_model": None},
     "log_config": {"interval": 50, "hooks": []},
     "optimizer_config": {},
 }
@@ -72,7 +72,7 @@ SCHEMA: Dict[str, Any] = {
         "placement_strategy": "str",
     },
     "mlflow": {"tracking_uri": "str|none", "experiment_name": "str", "run_name": "str|none", "tags": "dict",
-               "system_metrics": "bool", "system_metrics_interval": "number"},
+               "system_metrics": "bool", "system_metrics_interval": "number", "register_model": "str|none"},
     "load_from": "str|none",
     "resume_from": "str|none",
     "workflow": "list",

@@ -147,19 +147,19 @@ def _train_dataset_type(train: Any) -> str:
         return "+".join(_train_dataset_type(t) for t in train)
     if not isinstance(train, dict):
         return "none"
-    if isinstance(train.get("dataset"), (dict, list)):  # RepeatDataset and other wrappers
+    if isinstance(train.get("dataset"), (dict, list)):  # RepeatDataset, MultiImageMixDataset
         return _train_dataset_type(train["dataset"])
+    if isinstance(train.get("datasets"), list):  # ConcatDataset
+        return _train_dataset_type(train["datasets"])
     return str(train.get("type", "none"))
 
 
 def _train_pipeline(train: Any) -> List[Any]:
+    from rayseg.datasets.dataset_wrappers import dataset_pipeline_cfg
+
     if isinstance(train, list):
         return _train_pipeline(train[0]) if train else []
-    if not isinstance(train, dict):
-        return []
-    if isinstance(train.get("dataset"), (dict, list)):
-        return _train_pipeline(train["dataset"])
-    return list(train.get("pipeline") or [])
+    return dataset_pipeline_cfg(train)
 
 
 def headline_params(config: Dict[str, Any], num_workers: int) -> Dict[str, str]:

@@ -36,11 +36,42 @@ CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
                  if not {"_base_", "tune"} & set(p.relative_to(CONFIG_DIR).parts))
 IDS = [str(p.relative_to(CONFIG_DIR)) for p in CONFIGS]
 
-ZOO_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"}
+ZOO_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer", "unet",
+               "hrnet", "ocrnet", "sem_fpn"}
+# MMSeg folders named after a backbone or paper whose configs are named after their head: folder -> model in the name
+FOLDER_MODEL = {"hrnet": "fcn", "sem_fpn": "fpn"}
+# the name's dataset suffix -> the training set's type (the inner one under a RepeatDataset)
 DATASET_SUFFIX = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", "voc12aug": "PascalVOCDataset",
-                  "voc12": "PascalVOCDataset", "camvid": "CamVidDataset"}
+                  "voc12": "PascalVOCDataset", "camvid": "CamVidDataset",
+                  "pascal_context": "PascalContextDataset", "pascal_context_59": "PascalContextDataset59",
+                  "drive": "DRIVEDataset", "chase_db1": "ChaseDB1Dataset", "stare": "STAREDataset",
+                  "hrf": "HRFDataset", "loveda": "LoveDADataset", "potsdam": "PotsdamDataset",
+                  "vaihingen": "ISPRSDataset", "isaid": "iSAIDDataset", "coco-stuff10k": "COCOStuffDataset",
+                  "coco-stuff164k": "COCOStuffDataset",
+                  # test sets MMSeg evaluates Cityscapes-trained models on (TEST_SPLIT_DATASET)
+                  "dark": "CityscapesDataset", "night_driving": "CityscapesDataset"}
+TEST_SPLIT_DATASET = {"dark": "DarkZurichDataset", "night_driving": "NightDrivingDataset"}
+# MMSeg puts gpus x batch before the crop ("_4x4_512x512_80k_vaihingen") or after it ("_512x512_4x4_20k_
+# coco-stuff10k"); of two AxB groups the crop is the larger one (crops are >= 64x64, gpus x batch <= 16x16).
 NAME_RE = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<backbone>[a-z0-9.-]+)(?:_(?P<misc>[a-z0-9-]+))*?"
-                     r"(?:_(?P<gpus>\d+)x(?P<batch>\d+))?_(?P<h>\d+)x(?P<w>\d+)_(?P<iters>\d+k?)_(?P<dataset>[a-z0-9]+)$")
+                     r"(?:_(?P<a1>\d+)x(?P<b1>\d+))?_(?P<a2>\d+)x(?P<b2>\d+)(?:_(?P<a3>\d+)x(?P<b3>\d+))?"
+                     r"_(?P<iters>\d+k?)_(?P<dataset>[a-z0-9_-]+)$")
+
+
+def _crop_and_batch(m):
+    """(crop (h, w), samples per gpu or None) from a NAME_RE match."""
+    pairs = [(int(m[f"a{i}"]), int(m[f"b{i}"])) for i in (1, 2, 3) if m[f"a{i}"] is not None]
+    crop = max(pairs, key=lambda p: p[0] * p[1])
+    rest = [p for p in pairs if p is not crop]
+    assert len(rest) <= 1, f"{m.string}: more than one gpus x batch group"
+    return crop, (rest[0][1] if rest else None)
+
+
+def _unwrap(section):
+    """The dataset under wrappers such as RepeatDataset (``dataset:``), which carries the type and pipeline."""
+    while isinstance(section.get("dataset"), dict):
+        section = section["dataset"]
+    return section
 
 
 def test_configs_found():
@@ -60,8 +91,9 @@ def _build_model(model_json: str):
 
 
 def _heads(model_cfg):
+    decode = model_cfg["decode_head"]  # a list of heads for CascadeEncoderDecoder (OCRNet)
     aux = model_cfg.get("auxiliary_head") or []
-    return [model_cfg["decode_head"]] + (aux if isinstance(aux, list) else [aux])
+    return (decode if isinstance(decode, list) else [decode]) + (aux if isinstance(aux, list) else [aux])
 
 
 def _crop_size(pipeline):
@@ -106,6 +138,10 @@ def test_config_builds(path):
     classes = None
     for split in ("train", "val", "test"):
         section = dict(data[split])
+        while isinstance(section.get("dataset"), dict):  # a wrapper (RepeatDataset): its own keys, then the inner
+            check_kwargs(DATASETS.get(section["type"]), {k: v for k, v in section.items() if k != "type"},
+                         f"data.{split}")
+            section = dict(section["dataset"])
         cls = DATASETS.get(section.pop("type"))  # registered
         pipeline = section["pipeline"]
         check_kwargs(cls, section, f"data.{split}")  # every key is a constructor argument
@@ -114,7 +150,7 @@ def test_config_builds(path):
             classes = cls.CLASSES
     if classes is not None:
         for head in _heads(cfg["model"]):
-            assert head["num_classes"] == len(classes), f"num_classes vs {data['train']['type']}"
+            assert head["num_classes"] == len(classes), f"num_classes vs {_unwrap(data['train'])['type']}"
 
     optimizer = build_optimizer(model, cfg["optimizer"])
     assert type(optimizer).__name__ == cfg["optimizer"]["type"]
@@ -127,15 +163,21 @@ def test_config_builds(path):
 def test_zoo_names_match_contents(path):
     m = NAME_RE.match(path.stem)
     assert m, f"{path.stem} does not follow MMSeg's naming scheme"
-    assert m["model"] == path.parent.name
+    if path.parent.name == "unet":  # MMSeg's unet/ folder names the head first: fcn_unet_s5-d16_...
+        assert m["backbone"] == "unet" and m["model"] in {"fcn", "pspnet", "deeplabv3"}
+    else:
+        assert m["model"] == FOLDER_MODEL.get(path.parent.name, path.parent.name)
     cfg = load_config(path)
-    train = cfg["data"]["train"]
-    assert _crop_size(train["pipeline"]) == (int(m["h"]), int(m["w"]))
+    train = _unwrap(cfg["data"]["train"])
+    crop, batch = _crop_and_batch(m)
+    assert _crop_size(train["pipeline"]) == crop
     iters = int(m["iters"][:-1]) * 1000 if m["iters"].endswith("k") else int(m["iters"])
     assert cfg["runner"]["max_iters"] == iters
     assert train["type"] == DATASET_SUFFIX[m["dataset"]]
-    if m["batch"] is not None:
-        assert cfg["data"]["samples_per_gpu"] == int(m["batch"])
+    if m["dataset"] in TEST_SPLIT_DATASET:
+        assert cfg["data"]["test"]["type"] == TEST_SPLIT_DATASET[m["dataset"]]
+    if batch is not None:
+        assert cfg["data"]["samples_per_gpu"] == batch
     if m["dataset"] == "voc12aug":
         assert isinstance(train["split"], list) and len(train["split"]) == 2
 

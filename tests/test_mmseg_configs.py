@@ -243,6 +243,9 @@ def test_voc_aug_concat_and_base_references():
     ("x = y\n", 1, "name 'y' is not defined"),
     ("x = [0] * 10 ** 7\n", 1, "more than 1000000 items"),
     ("x = 'a' + 1\n", 1, "cannot evaluate"),
+    ("x = sorted([2, 1])\n", 1, "calling sorted\\(\\) is not allowed .*only dict\\(\\), list\\(\\), tuple\\(\\) and sum"),
+    ("x = sum([1], start=2)\n", 1, "sum\\(\\) takes no keyword arguments"),
+    ("x = max([])\n", 1, "cannot evaluate 'max\\(\\[\\]\\)'"),
     ("x = {1, 2}\n", 1, "a set is not allowed"),
     ("dict = 1\n", 1, "cannot assign to 'dict'"),
     ("x = (\n", 1, "Python syntax error"),
@@ -274,6 +277,8 @@ def test_reader_evaluates(tmp_path):
         x, y = 1, 2
         x += 10
         model = dict(type=ED)
+        channels = sum([18, 36, 72, 144])
+        widest = max(ratios) + len(lst) + int(abs(-2.5)) + round(0.6)
     ''')
     cfg = load_tree(path).cfg
     assert cfg["a"] == 5.0 and cfg["half"] == (256, 256) and cfg["tail"] == [2, 3]
@@ -283,6 +288,7 @@ def test_reader_evaluates(tmp_path):
     assert cfg["steps"] == [{"type": "Resize", "scale_factor": 1.0}, {"type": "Resize", "scale_factor": 1.5}]
     assert (cfg["flag"], cfg["pick"], cfg["x"], cfg["y"]) == (True, "yes", 11, 2)
     assert cfg["model"] == {"type": "EncoderDecoder"}
+    assert cfg["channels"] == 270 and cfg["widest"] == 1.5 + 3 + 2 + 1  # fcn_hr18's sum(), and its kin
 
 
 def test_base_references_names_and_delete(tmp_path):
@@ -337,7 +343,7 @@ UNTRANSLATABLE = """
     _base_ = ['{base}']
     custom_hooks = [dict(type='EMAHook')]
     param_scheduler = [dict(type='OneCycleLR', eta_max=0.01, by_epoch=False, begin=0, end=40000)]
-    train_pipeline = [dict(type='LoadImageFromFile'), dict(type='RandomRotate', prob=0.5, degree=20),
+    train_pipeline = [dict(type='LoadImageFromFile'), dict(type='RandomRotFlip', rotate_prob=0.5, degree=20),
                       dict(type='PackSegInputs')]
     train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
     default_hooks = dict(visualization=dict(type='SegVisualizationHook', draw=True))
@@ -354,7 +360,7 @@ def test_untranslatable_keys_are_listed(tmp_path):
     assert "\n" not in message and message.startswith(f"{path}: 5 MMSeg keys cannot be translated")
     for key, reason in [("custom_hooks.0", "'EMAHook' is MMEngine's: rayseg keeps no exponential moving average"),
                         ("param_scheduler.0.type", "'OneCycleLR' has no rayseg lr policy equivalent"),
-                        ("train_dataloader.dataset.pipeline.1", "'RandomRotate' has no rayseg equivalent"),
+                        ("train_dataloader.dataset.pipeline.1", "'RandomRotFlip': use RandomRotate(prob, degree)"),
                         ("default_hooks.visualization.draw", "jobs/predict.py --overlay"),
                         ("lr_config", "an MMSeg 0.x key in a 1.x config")]:
         assert f"{key}" in message and reason in message, key

@@ -7,18 +7,25 @@ Run it in a throwaway venv that has MMSegmentation 1.x (NOT the project venv, an
     /tmp/mmseg-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
     /tmp/mmseg-venv/bin/pip install mmengine "mmcv-lite>=2.0.0rc4" mmsegmentation ftfy regex
     /tmp/mmseg-venv/bin/python tools/make_mmseg_reference.py            # writes tests/fixtures/mmseg/
+    /tmp/mmseg-venv/bin/python tools/make_mmseg_reference.py --only ocrnet   # one architecture
 
-For each architecture (FCN, PSPNet, DeepLabV3, DeepLabV3+, UPerNet, SegFormer) it builds MMSeg's own
-``EncoderDecoder`` from a tiny config, randomises every weight and BatchNorm running statistic (so the
-comparison is not between near-zero logits), runs ``encode_decode`` on a seeded 1x3x64x64 input in eval
-mode and writes:
+For each architecture (FCN, PSPNet, DeepLabV3, DeepLabV3+, UPerNet, SegFormer; then HRNet+FCN, OCRNet,
+Semantic FPN) it builds MMSeg's own ``EncoderDecoder`` / ``CascadeEncoderDecoder`` from a tiny config,
+randomises every weight and BatchNorm running statistic (so the comparison is not between near-zero logits),
+runs ``encode_decode`` on a seeded 1x3x64x64 input in eval mode and writes:
 
 - ``<arch>.pth``: ``{"state_dict": model.state_dict(), "meta": {"mmseg_version", "mmcv_version",
   "mmengine_version", "torch_version", "mmseg_config"}}`` -- the layout MMSeg/mmengine checkpoints have;
 - ``<arch>_io.pt``: ``{"input": x, "logits": reference logits (1, 3, 64, 64)}``;
 - ``<arch>.yaml``: the equivalent rayseg model config (MMSeg 0.x vocabulary).
 
-mmcv-lite has no compiled ``mmcv.ops``; MMSeg imports a few ops at module level for heads these six
+Each architecture's seeds depend only on its place in ``tiny_configs()`` (new ones are appended), so
+``--only`` writes some without touching the others. The BatchNorm statistics are measured with float
+arithmetic, so another CPU can give last-bit differences (~1e-7): regenerate only what changed.
+``--full-size`` instead writes ``full_size_models.json``: the checkpoint layout (keys, shapes, value counts)
+of MMSeg's own full-size models for the zoo configs listed in ``FULL_SIZE``.
+
+mmcv-lite has no compiled ``mmcv.ops``; MMSeg imports a few ops at module level for heads these
 models never use, so this script (only) installs stub modules for them before importing MMSeg, and it
 relaxes MMSeg's mmcv version assertion if the installed mmcv-lite is newer than MMSeg's upper bound.
 """
@@ -43,7 +50,7 @@ SEED = 0
 
 # ----------------------------------------------------------------------------- mmcv-lite workarounds
 class _StubOp:
-    """Stands in for a compiled mmcv op; calling it is an error (the six models never do)."""
+    """Stands in for a compiled mmcv op; calling it is an error (the models here never do)."""
 
     def __init__(self, *args, **kwargs):
         raise RuntimeError("mmcv.ops stub called: this op needs full mmcv (not mmcv-lite)")
@@ -127,6 +134,17 @@ def head_common(in_channels, in_index, channels):
                 loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
 
 
+def hrnet():
+    """A tiny HRNetV2 (the stem is 64 channels in MMSeg whatever the widths): 4 branches of 4/8/16/32 channels,
+    a two-module stage 3 and a two-block branch, so transitions, fusions and module chaining are all exercised."""
+    return dict(type="HRNet", norm_cfg=BN, norm_eval=False, extra=dict(
+        stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(8,)),
+        stage2=dict(num_modules=1, num_branches=2, block="BASIC", num_blocks=(2, 1), num_channels=(4, 8)),
+        stage3=dict(num_modules=2, num_branches=3, block="BASIC", num_blocks=(1, 1, 1), num_channels=(4, 8, 16)),
+        stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1),
+                    num_channels=(4, 8, 16, 32))))
+
+
 def tiny_configs():
     """The six tiny models, as MMSeg ``model`` dicts (MMSeg 1.x spelling, no data_preprocessor)."""
     cfgs = {}
@@ -155,9 +173,29 @@ def tiny_configs():
                drop_path_rate=0.1)
     cfgs["segformer"] = dict(backbone=mit, decode_head=dict(type="SegformerHead",
                                                             **head_common([8, 16, 24, 32], [0, 1, 2, 3], 8)))
+    # Second zoo (appended, so the first six keep their seeds and stay byte-identical).
+    hr = hrnet()
+    hr_ch = [4, 8, 16, 32]
+    fcn_hr = dict(type="FCNHead", input_transform="resize_concat", kernel_size=1, num_convs=1, concat_input=False,
+                  **dict(head_common(hr_ch, [0, 1, 2, 3], sum(hr_ch)), dropout_ratio=-1))
+    cfgs["hrnet_fcn"] = dict(backbone=hr, decode_head=fcn_hr)
+    ocr_first = copy.deepcopy(fcn_hr)
+    ocr_first["loss_decode"]["loss_weight"] = 0.4
+    ocr = dict(type="OCRHead", input_transform="resize_concat", ocr_channels=8,
+               **dict(head_common(hr_ch, [0, 1, 2, 3], 16), dropout_ratio=-1))
+    cfgs["ocrnet"] = dict(type="CascadeEncoderDecoder", num_stages=2, backbone=hrnet(),
+                          decode_head=[ocr_first, ocr])
+    bb, ch = resnet(18, 4, d8=False)  # BasicBlock ResNet-18 at base 4: channels 4/8/16/32
+    cfgs["fpn"] = dict(backbone=bb, neck=dict(type="FPN", in_channels=ch, out_channels=8, num_outs=4),
+                       decode_head=dict(type="FPNHead", feature_strides=[4, 8, 16, 32],
+                                        **head_common([8, 8, 8, 8], [0, 1, 2, 3], 8)))
     out = {}
     for name, parts in cfgs.items():
-        model = dict(type="EncoderDecoder", pretrained=None, **parts, train_cfg=dict(), test_cfg=dict(mode="whole"))
+        parts = dict(parts)
+        seg_type = parts.pop("type", "EncoderDecoder")
+        head = parts.pop("num_stages", None)
+        model = dict(type=seg_type, **({"num_stages": head} if head is not None else {}), pretrained=None, **parts,
+                     train_cfg=dict(), test_cfg=dict(mode="whole"))
         out[name] = model
     return out
 
@@ -206,7 +244,12 @@ def randomise(model, gen, calib):
     model.train()
     for x in calib:
         feats = model.extract_feat(x)
-        model.decode_head.forward(feats)
+        if isinstance(model.decode_head, torch.nn.ModuleList):  # CascadeEncoderDecoder: each head reads the last
+            out = model.decode_head[0].forward(feats)
+            for head in model.decode_head[1:]:
+                out = head.forward(feats, out)
+        else:
+            model.decode_head.forward(feats)
         if getattr(model, "auxiliary_head", None) is not None:
             model.auxiliary_head.forward(feats)
     model.eval()
@@ -218,10 +261,73 @@ def randomise(model, gen, calib):
         m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
 
 
+# ----------------------------------------------------------------------------- full-size architectures
+# rayseg zoo config -> the MMSeg 1.x config it mirrors (in mmseg's installed .mim/configs).
+FULL_SIZE = {
+    "hrnet/fcn_hr18_512x1024_40k_cityscapes.yaml": "hrnet/fcn_hr18_4xb2-40k_cityscapes-512x1024.py",
+    "hrnet/fcn_hr18_512x512_80k_ade20k.yaml": "hrnet/fcn_hr18_4xb4-80k_ade20k-512x512.py",
+    "hrnet/fcn_hr48_512x1024_40k_cityscapes.yaml": "hrnet/fcn_hr48_4xb2-40k_cityscapes-512x1024.py",
+    "ocrnet/ocrnet_hr18_512x1024_40k_cityscapes.yaml": "ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py",
+    "ocrnet/ocrnet_hr18_512x512_80k_ade20k.yaml": "ocrnet/ocrnet_hr18_4xb4-80k_ade20k-512x512.py",
+    "sem_fpn/fpn_r50_512x1024_80k_cityscapes.yaml": "sem_fpn/fpn_r50_4xb2-80k_cityscapes-512x1024.py",
+    "sem_fpn/fpn_r50_512x512_160k_ade20k.yaml": "sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py",
+}
+
+
+def architecture_signature(state_dict):
+    """What identifies an architecture's checkpoint layout: tensor count, parameter values per top-level part
+    (``backbone``, ``neck``, ``decode_head.0``…) and a sha256 of every ``key:shape`` line, sorted.
+
+    ``tests/models/test_mmseg_equivalence.py`` computes the same from the rayseg zoo config's model."""
+    import hashlib
+
+    parts = {}
+    for key, value in state_dict.items():
+        fields = key.split(".")
+        part = ".".join(fields[:2]) if len(fields) > 2 and fields[1].isdigit() else fields[0]
+        parts[part] = parts.get(part, 0) + value.numel()
+    lines = "".join(f"{k}:{list(v.shape)}\n" for k, v in sorted(state_dict.items()))
+    return {"tensors": len(state_dict), "values": dict(sorted(parts.items())),
+            "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+def write_full_size(path):
+    """Build MMSeg's own full-size models for ``FULL_SIZE`` and write their signatures as JSON to ``path``."""
+    import json
+
+    import mmseg
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs")
+    out = {}
+    for ours, theirs in FULL_SIZE.items():
+        cfg = Config.fromfile(os.path.join(root, theirs))
+        model = MODELS.build(cfg.model)  # weights are not initialised (no init_weights): no download
+        out[ours] = dict(mmseg_config=theirs, **architecture_signature(model.state_dict()))
+        print(ours, out[ours]["tensors"], sum(out[ours]["values"].values()))
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=1)
+        fh.write("\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=OUT)
+    parser.add_argument("--only", nargs="+", metavar="ARCH",
+                        help="write only these architectures (seeds do not depend on which are written)")
+    parser.add_argument("--full-size", action="store_true",
+                        help="only write full_size_models.json: the checkpoint layout of MMSeg's own full-size "
+                             "models for the zoo configs in FULL_SIZE")
     args = parser.parse_args()
+    if args.full_size:
+        import_mmseg()
+        write_full_size(os.path.join(args.out, "full_size_models.json"))
+        return
+    configs = tiny_configs()
+    unknown = sorted(set(args.only or []) - set(configs))
+    if unknown:
+        parser.error(f"unknown architecture(s) {unknown}; choose from {list(configs)}")
     torch.set_num_threads(1)
     stubbed = import_mmseg()
     import mmcv
@@ -236,7 +342,9 @@ def main():
                     mmengine_version=str(mmengine.__version__), torch_version=str(torch.__version__),
                     mmcv_ops_stubbed=stubbed)
     print(versions)
-    for index, (name, cfg) in enumerate(tiny_configs().items()):
+    for index, (name, cfg) in enumerate(configs.items()):
+        if args.only and name not in args.only:
+            continue
         mm_cfg = copy.deepcopy(cfg)
         mm_cfg.pop("pretrained")
         # As an MMSeg 1.x config: a SegDataPreProcessor (its mean/std buffers are not persistent, so they

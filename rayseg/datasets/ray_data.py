@@ -187,12 +187,11 @@ class _PipelineActor:
 
 
 def _strip_normalize(dataset: Any) -> Any:
-    """Drop Normalize from the dataset's pipeline: batches stay uint8 and are normalised on the device."""
-    from rayseg.datasets import build_pipeline, split_device_steps
+    """Drop Normalize from the dataset's pipeline(s): batches stay uint8 and are normalised on the device.
+    Dataset wrappers (ConcatDataset, MultiImageMixDataset, ...) strip each inner pipeline themselves."""
+    from rayseg.datasets.dataset_wrappers import strip_normalize
 
-    cpu_cfgs, _ = split_device_steps(dataset.pipeline_cfg)
-    dataset.pipeline = build_pipeline(cpu_cfgs)
-    return dataset
+    return strip_normalize(dataset)
 
 
 def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,

@@ -191,7 +191,8 @@ def _load_file(path: str, label: str) -> Dict[str, Any]:
 
 # The per-class output convolution of a decode/auxiliary head: the only layer whose shape follows
 # num_classes, so the only one allowed to differ when fine-tuning on another dataset.
-_CLASSIFIER_KEY = re.compile(r"^(decode_head|auxiliary_head(?:\.\d+)?)\.conv_seg\.(weight|bias)$")
+# A cascade (OCRNet) has a list of decode heads: decode_head.0/1.conv_seg are classifiers too.
+_CLASSIFIER_KEY = re.compile(r"^(decode_head(?:\.\d+)?|auxiliary_head(?:\.\d+)?)\.conv_seg\.(weight|bias)$")
 
 
 def _classifier_resized(key: str, theirs: tuple, ours: tuple) -> bool:

@@ -143,7 +143,7 @@ class TrainStreamFactory:
         # One extra batch per worker: Ray's equal split may trim a few rows.
         rows = (self.spec.max_iters - start_iter + 1) * per_iter
         if self.bad_samples is not None:  # skipped samples leave no row: ask for enough to cover them
-            rows = self.bad_samples.stream_rows(rows, len(self.dataset))
+            rows = self.bad_samples.stream_rows(rows, len(self.dataset.samples))  # files, not RepeatDataset's times
         stream = build_train_stream(self.dataset, rows, seed=self.spec.seed, start_position=start_iter * per_iter,
                                     num_actors=num_ingest_actors(self.spec), actor_num_cpus=INGEST_ACTOR_CPUS,
                                     bad_samples=self.bad_samples)
@@ -244,6 +244,22 @@ def train(cfg: Union[Dict[str, Any], RunSpec], work_dir: Optional[str] = None, c
             init_weights = _checked_init_weights(spec)
         return _run(spec, checked, run_dir, start_iter, resume_from, init_weights, address, list(callbacks),
                     show_progress)
+
+
+def _register(spec: RunSpec, summary: Dict[str, Any], run) -> Optional[Dict[str, Any]]:
+    """``mlflow.register_model``: the best weights (else the final ones) as a new model version. A failure here
+    is a warning: the trained weights and the run are already written, and can be registered later."""
+    from rayseg.model_registry import register_weights
+
+    weights = summary.get("best") or summary.get("latest")
+    try:
+        return register_weights(spec.config, weights, spec.tracking.register_model, run.tracking_uri, run.run_id,
+                                tags={"rayseg.work_dir": spec.work_dir})
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what did not
+        logging.getLogger(__name__).warning(
+            f"registering {weights} as model {spec.tracking.register_model!r} failed ({type(exc).__name__}: {exc}); "
+            f"the weights and MLflow run {run.run_id} are kept")
+        return None
 
 
 def _checked_init_weights(spec: RunSpec) -> Dict[str, Any]:
@@ -376,6 +392,8 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
 
     summary: Dict[str, Any] = {"work_dir": spec.work_dir, "log": spec.log_path, "start_iter": start_iter}
     summary.update(write_final_outputs(result, spec, checked.train_set, run, run_dir=run_dir))
+    if run is not None and spec.tracking.register_model:
+        summary["registered"] = _register(spec, summary, run)
     if run is not None:
         run.log_artifact(spec.log_path)
         run.finish("FINISHED")

@@ -19,6 +19,9 @@ from rayseg.errors import ConfigError
 PLACEHOLDER = "__rayseg_base_ref_{}__"
 PLACEHOLDER_RE = re.compile(r"__rayseg_base_ref_(\d+)__")
 CONSTRUCTORS = ("dict", "list", "tuple")
+# Pure builtins MMSeg's configs call on literal values (fcn_hr18: ``channels=sum([18, 36, 72, 144])``).
+PURE_FUNCTIONS = {"sum": sum, "min": min, "max": max, "len": len, "abs": abs, "int": int, "float": float,
+                  "round": round}
 
 MAX_ITEMS = 1_000_000  # a sequence built by * or a comprehension; bigger is a mistake, not a config
 MAX_EXPONENT = 1000
@@ -231,9 +234,13 @@ class Evaluator:
 
     def call(self, node: ast.Call, scope: Optional[Dict[str, Any]]) -> Any:
         func = node.func
-        only = " (only dict(), list() and tuple() may be called)"
+        only = f" (only dict(), list(), tuple() and {', '.join(f'{n}()' for n in PURE_FUNCTIONS)} may be called)"
         if isinstance(func, ast.Attribute):
             raise self.refuse(node, f"calling {self._text(func)}() (attribute access)", only)
+        if (isinstance(func, ast.Name) and func.id in PURE_FUNCTIONS and not self._bound(func.id, scope)):
+            if node.keywords:
+                raise self.fail(node, f"{func.id}() takes no keyword arguments in a config")
+            return self._apply(node, PURE_FUNCTIONS[func.id], *[self.eval(a, scope) for a in self._no_star(node.args)])
         if not isinstance(func, ast.Name) or func.id not in CONSTRUCTORS:
             shown = f"{func.id}()" if isinstance(func, ast.Name) else construct_name(func)
             raise self.refuse(node, f"calling {shown}", only)
@@ -253,6 +260,10 @@ class Evaluator:
         if node.keywords or len(args) > 1:
             raise self.fail(node, f"{func.id}() takes one positional argument")
         return self._apply(node, list if func.id == "list" else tuple, *args)
+
+    def _bound(self, ident: str, scope: Optional[Dict[str, Any]]) -> bool:
+        """Whether the config gave ``ident`` a value of its own (then it is that value, not the builtin)."""
+        return ident in self.env or ident in self.base or bool(scope and ident in scope)
 
     def listcomp(self, node: ast.ListComp, scope: Optional[Dict[str, Any]]) -> List[Any]:
         out: List[Any] = []

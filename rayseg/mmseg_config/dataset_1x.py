@@ -4,8 +4,9 @@
 dataloader's ``dataset`` → ``data.train``/``val``/``test``. A dataset's ``data_prefix=dict(img_path=,
 seg_map_path=)`` → ``img_dir``/``ann_dir``, ``ann_file`` → ``split``, ``metainfo`` → ``classes``/``palette``,
 ``BaseSegDataset`` → ``CustomDataset``; a ``ConcatDataset`` of splits of one dataset (VOC + aug) → one dataset
-with lists of ``ann_dir`` and ``split``, as in 0.x; ``RepeatDataset`` is unwrapped (rayseg streams the training
-set for ``max_iters`` iterations, so repeating it changes nothing).
+with lists of ``ann_dir`` and ``split``, as in 0.x, and of different datasets → rayseg's ``ConcatDataset``;
+``RepeatDataset`` and ``MultiImageMixDataset`` → the same wrappers (``rayseg.datasets.dataset_wrappers``), the
+mix dataset's inner pipeline without the preprocessor's Normalize/Pad (they end its own pipeline).
 """
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ def translate_dataset(ds: Any, where: str, report: Report, test: bool, normalize
         return None
     kind = ds["type"]
     if kind == "RepeatDataset":
-        report.note(f"{where}.times", "RepeatDataset unwrapped: rayseg streams the training set for max_iters "
-                                      "iterations, so repeating it changes nothing")
-        return translate_dataset(ds.get("dataset"), f"{where}.dataset", report, test, normalize, pad)
+        inner = translate_dataset(ds.get("dataset"), f"{where}.dataset", report, test, normalize, pad)
+        extra = _wrapper_extras(ds, ("dataset", "times"), where, report)
+        return None if inner is None or extra else {"type": kind, "times": ds.get("times"), "dataset": inner}
     if kind == "ConcatDataset":
         return _concat(ds, where, report, test, normalize, pad)
+    if kind == "MultiImageMixDataset":
+        return _mix(ds, where, report, test, normalize, pad)
     out: Dict[str, Any] = {"type": "CustomDataset" if kind == "BaseSegDataset" else kind}
     if not _registered(out["type"]):
         report.refuse(f"{where}.type", f"dataset {kind!r} has no rayseg equivalent (a dataset class in "
@@ -109,25 +112,59 @@ def _metainfo(meta: Any, where: str, out: Dict[str, Any], report: Report) -> boo
     return ok
 
 
+_WRAPPER_IGNORED = {"lazy_init": "rayseg lists a dataset once, on the driver",
+                    "ignore_keys": "rayseg's ConcatDataset checks that the parts agree on classes and Normalize"}
+
+
+def _wrapper_extras(ds: Dict[str, Any], keys: Tuple[str, ...], where: str, report: Report) -> bool:
+    """Report a wrapper's arguments other than ``keys``; True when one of them is refused."""
+    refused = False
+    for key in sorted(set(ds) - {"type", *keys}):
+        if key in _WRAPPER_IGNORED:
+            report.ignore(f"{where}.{key}", _WRAPPER_IGNORED[key])
+        else:
+            report.refuse(f"{where}.{key}", f"{ds['type']} argument {key!r} has no rayseg equivalent")
+            refused = True
+    return refused
+
+
 def _concat(ds: Dict[str, Any], where: str, report: Report, test: bool, normalize: Optional[Step],
             pad: Optional[Step]) -> Optional[Dict[str, Any]]:
-    """Splits of one dataset (same everything but ann_dir and split) → one dataset with lists of both."""
+    """Splits of one dataset (same everything but ann_dir and split) → one dataset with lists of both, as 0.x
+    writes them; different datasets → rayseg's ``ConcatDataset`` of the translated parts."""
     parts = ds.get("datasets")
-    extra = sorted(set(ds) - {"type", "datasets", "ignore_keys"})
-    if not isinstance(parts, (list, tuple)) or not parts or extra:
-        report.refuse(where, "a ConcatDataset needs a non-empty datasets list (and nothing else)")
+    if not isinstance(parts, (list, tuple)) or not parts:
+        report.refuse(f"{where}.datasets", "a ConcatDataset needs a non-empty datasets list")
         return None
+    refused = _wrapper_extras(ds, ("datasets",), where, report)
     done = [translate_dataset(p, f"{where}.datasets.{i}", report, test, normalize, pad) for i, p in enumerate(parts)]
-    if any(d is None for d in done):
+    if refused or any(d is None for d in done):
         return None
     shared = [{k: v for k, v in d.items() if k not in ("ann_dir", "split")} for d in done]
-    if any(s != shared[0] for s in shared) or any("split" not in d or "ann_dir" not in d for d in done):
-        report.refuse(where, "rayseg concatenates splits of one dataset only (same type, root, images and "
-                             "pipeline, each with ann_file and seg_map_path)")
+    if all(s == shared[0] for s in shared) and all("split" in d and "ann_dir" in d for d in done) \
+            and not any(d["type"] in _WRAPPERS for d in done):
+        out = dict(shared[0])
+        out["ann_dir"] = [d["ann_dir"] for d in done]
+        out["split"] = [d["split"] for d in done]
+        return out
+    return {"type": "ConcatDataset", "datasets": done}
+
+
+_WRAPPERS = ("RepeatDataset", "ConcatDataset", "MultiImageMixDataset")
+
+
+def _mix(ds: Dict[str, Any], where: str, report: Report, test: bool, normalize: Optional[Step],
+         pad: Optional[Step]) -> Optional[Dict[str, Any]]:
+    """``MultiImageMixDataset``: the inner dataset loads (no Normalize/Pad), the wrapper's pipeline mixes and
+    ends with the preprocessor's steps, as a 0.x config writes it."""
+    refused = _wrapper_extras(ds, ("dataset", "pipeline", "skip_type_keys"), where, report)
+    inner = translate_dataset(ds.get("dataset"), f"{where}.dataset", report, test, None, None)
+    pipeline, _ = translate_pipeline(ds.get("pipeline", []), f"{where}.pipeline", report, test, normalize, pad)
+    if refused or inner is None or pipeline is None:
         return None
-    out = dict(shared[0])
-    out["ann_dir"] = [d["ann_dir"] for d in done]
-    out["split"] = [d["split"] for d in done]
+    out: Dict[str, Any] = {"type": "MultiImageMixDataset", "dataset": inner, "pipeline": pipeline}
+    if ds.get("skip_type_keys") is not None:
+        out["skip_type_keys"] = list(ds["skip_type_keys"])
     return out
 
 

@@ -68,14 +68,7 @@ def take_0x(cfg: Dict[str, Any], schema: Dict[str, Any], report: Report) -> Tupl
         if name in cfg and isinstance(out.get("model"), dict):
             out["model"].setdefault(name, cfg[name])
             report.note(name, f"moved into model.{name}, as MMSeg 0.x does with a top-level {name}")
-    data = out.get("data")
-    if isinstance(data, dict):
-        for split in ("train", "val", "test"):
-            ds = data.get(split)
-            if isinstance(ds, dict) and ds.get("type") == "RepeatDataset" and isinstance(ds.get("dataset"), dict):
-                data[split] = ds["dataset"]
-                report.note(f"data.{split}", "RepeatDataset unwrapped: rayseg streams the training set for "
-                                             "max_iters iterations, so repeating it changes nothing")
+    # Dataset wrappers (RepeatDataset, ConcatDataset, MultiImageMixDataset) are kept: rayseg has them too.
     return out, set(schema) | set(IGNORED_0X) | {"train_cfg", "test_cfg"}
 
 

@@ -5,9 +5,11 @@ Step by step: ``Resize(scale=, keep_ratio=)`` → ``Resize(img_scale=, keep_rati
 False and is written out, since 0.x's is True); ``RandomResize(scale, ratio_range, keep_ratio)`` →
 ``Resize(img_scale, ratio_range, keep_ratio)`` (two scales and no ratio_range → ``multiscale_mode: range``);
 ``LoadImageFromFile``, ``LoadAnnotations``, ``RandomCrop``, ``RandomFlip``, ``PhotoMetricDistortion`` keep their
-arguments; ``PackSegInputs`` is dropped (rayseg batches in Ray Data). A val/test pipeline's ``LoadAnnotations``
-is dropped too (rayseg evaluates against the mask read at its original size, as MMSeg does; its
-``reduce_zero_label`` moves to the dataset), and ``Load, Resize(scale)`` becomes 0.x's
+arguments, and so do ``RandomRotate``, ``RandomCutOut``, ``RandomMosaic``, ``AdjustGamma``, ``CLAHE``,
+``RGB2Gray``, ``SegRescale``, ``Rerange``, ``ResizeToMultiple`` (1.x kept 0.x's names); ``BioMedical*`` and
+other 1.x-only steps are refused, naming the alternative; ``PackSegInputs`` is dropped (rayseg batches in Ray
+Data). A val/test pipeline's ``LoadAnnotations`` is dropped too (rayseg evaluates against the mask read at its
+original size, as MMSeg does; its ``reduce_zero_label`` moves to the dataset), and ``Load, Resize(scale)`` becomes 0.x's
 ``Load, MultiScaleFlipAug(img_scale=scale, flip=False, [Resize, Normalize])`` so ``--aug-test`` works.
 Any other step is kept when rayseg registers one of that name, else reported as untranslatable.
 """
@@ -23,6 +25,24 @@ Step = Dict[str, Any]
 # Arguments of 1.x steps that are fine at these values and mean nothing to rayseg otherwise.
 _HARMLESS = {"backend_args": None, "ignore_empty": False, "clip_object_border": True, "backend": "cv2",
              "interpolation": "bilinear"}
+
+
+# 1.x steps that keep 0.x's name and arguments (each registered in rayseg.datasets).
+_SAME_ARGS_1X = ("RandomCrop", "PhotoMetricDistortion", "RandomRotate", "RandomCutOut", "RandomMosaic",
+                 "AdjustGamma", "CLAHE", "RGB2Gray", "SegRescale", "Rerange", "ResizeToMultiple")
+# 1.x-only steps with no rayseg equivalent, and what to use instead.
+_REFUSED_1X = {
+    "RandomRotFlip": "use RandomRotate(prob, degree) followed by RandomFlip(prob, direction)",
+    "GenerateEdge": "boundary labels (edge supervision) have no rayseg equivalent",
+    "RandomDepthMix": "depth inputs have no rayseg equivalent",
+    "LoadDepthAnnotation": "depth estimation has no rayseg equivalent",
+    "LoadMultipleRSImageFromFile": "change-detection image pairs have no rayseg equivalent",
+    "ConcatCDInput": "change-detection image pairs have no rayseg equivalent",
+    "LoadImageFromNDArray": "rayseg reads images from files (use LoadImageFromFile); for arrays in memory use "
+                            "rayseg.apis.inference_model",
+    "LoadSingleRSImageFromFile": "GDAL rasters are not read; convert them to PNG/TIFF images that OpenCV reads "
+                                 "and use LoadImageFromFile",
+}
 
 
 def _registered(name: str) -> bool:
@@ -88,7 +108,16 @@ def translate_step(step: Any, where: str, report: Report) -> Optional[List[Step]
             report.refuse(where, "RandomFlip with several probabilities or directions has no rayseg equivalent")
             return None
         return [dict(type=kind, **args)]
-    if kind in ("RandomCrop", "PhotoMetricDistortion") or _registered(kind):
+    if kind in _REFUSED_1X:
+        report.refuse(where, f"pipeline step {kind!r}: {_REFUSED_1X[kind]}")
+        return None
+    if kind.startswith(("BioMedical", "LoadBiomedical")):
+        report.refuse(where, f"pipeline step {kind!r}: rayseg trains on 2-D images; store the volumes as 2-D "
+                             "slices (PNG) and use LoadImageFromFile/LoadAnnotations with 2-D steps")
+        return None
+    if kind in _SAME_ARGS_1X or _registered(kind):
+        # MMSeg 1.x kept these steps' argument names (RandomRotate, RandomCutOut, RandomMosaic, AdjustGamma,
+        # CLAHE, RGB2Gray, SegRescale, Rerange, ResizeToMultiple, ...): rayseg's steps take them as they are.
         return [copy.deepcopy(step)]
     report.refuse(where, f"pipeline step {kind!r} has no rayseg equivalent (rayseg's steps: see docs/datasets.md)")
     return None

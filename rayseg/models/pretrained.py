@@ -24,12 +24,18 @@ from rayseg.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-# mmcv's model-zoo table (mmcv/model_zoo/open_mmlab.json), limited to the ResNetV1c weights that
-# MMSeg's configs name (``pretrained='open-mmlab://resnet50_v1c'``).
+# mmcv's model-zoo table (mmcv/model_zoo/open_mmlab.json, mmengine/hub/openmmlab.json), limited to the
+# weights MMSeg's configs name (``pretrained='open-mmlab://resnet50_v1c'``, ``'open-mmlab://msra/hrnetv2_w18'``).
 OPEN_MMLAB_URLS: Dict[str, str] = {
     "resnet18_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet18_v1c-b5776b93.pth",
     "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
     "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
+    # HRNetV2 ImageNet weights (MSRA), as MMSeg's fcn_hr* and ocrnet_hr* configs name them.
+    "msra/hrnetv2_w18_small": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w18_small-b5a04e21.pth",
+    "msra/hrnetv2_w18": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w18-00eb2006.pth",
+    "msra/hrnetv2_w32": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w32-dc9eeb4f.pth",
+    "msra/hrnetv2_w40": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w40-ed0b031c.pth",
+    "msra/hrnetv2_w48": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w48-d2186c55.pth",
 }
 
 _URL_SCHEMES = ("http://", "https://")

@@ -97,9 +97,18 @@ def _check_dataset_args(dataset_cfg: Dict[str, Any], where: str) -> None:
 
     if not isinstance(dataset_cfg, dict) or "type" not in dataset_cfg:
         raise ConfigError(f"{where}: expected a dataset mapping with a type, got {dataset_cfg!r}")
+    from rayseg.datasets.dataset_wrappers import leaf_dataset_cfgs
+
     cls = _at(f"{where}.type", lambda: DATASETS.get(dataset_cfg["type"]))
     _at(where, lambda: check_kwargs(cls, {k: v for k, v in dataset_cfg.items() if k != "type"},
                                     f"dataset {dataset_cfg['type']!r}"))
+    leaves = _at(where, lambda: leaf_dataset_cfgs(dataset_cfg, where))
+    if leaves != [(where, dataset_cfg)]:  # a wrapper: its own arguments above, then every dataset inside
+        if dataset_cfg["type"] == "MultiImageMixDataset":
+            check_pipeline(dataset_cfg.get("pipeline"), f"{where}.pipeline")
+        for inner_where, inner in leaves:
+            _check_dataset_args(inner, inner_where)
+        return
     check_pipeline(dataset_cfg.get("pipeline"), f"{where}.pipeline")
 
 

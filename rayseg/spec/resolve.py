@@ -45,6 +45,9 @@ def _dataset_ignore_index(dataset_cfg: Dict[str, Any], where: str) -> int:
     from rayseg.datasets import CustomDataset  # noqa: F401  (registers the datasets)
     from rayseg.registry import DATASETS
 
+    from rayseg.datasets.dataset_wrappers import leaf_dataset_cfgs
+
+    where, dataset_cfg = leaf_dataset_cfgs(dataset_cfg, where)[0]  # a wrapper's parts share it (ConcatDataset checks)
     if dataset_cfg.get("ignore_index") is not None:
         return int(dataset_cfg["ignore_index"])
     try:
@@ -180,7 +183,18 @@ def _tracking(cfg: Dict[str, Any], work_dir: str) -> TrackingSpec:
     return TrackingSpec(tracking_uri=uri, artifact_root=artifact_root,
                         experiment_name=ml.get("experiment_name") or "rayseg", run_name=ml.get("run_name"),
                         tags={str(k): str(v) for k, v in (ml.get("tags") or {}).items()},
-                        system_metrics=bool(ml.get("system_metrics", True)), system_metrics_interval=interval)
+                        system_metrics=bool(ml.get("system_metrics", True)), system_metrics_interval=interval,
+                        register_model=_registered_model_name(ml.get("register_model")))
+
+
+def _registered_model_name(name: Optional[str]) -> Optional[str]:
+    """``mlflow.register_model`` checked: MLflow's registry refuses names with '/' or ':' only after training."""
+    if name is None:
+        return None
+    if not name.strip() or any(c in name for c in "/:%?#"):
+        raise ConfigError(f"mlflow.register_model: {name!r} is not a registered model name (no '/', ':', '%', "
+                          "'?' or '#', not empty)")
+    return name
 
 
 def resolve_run(cfg: Dict[str, Any], work_dir: Optional[str] = None, config_path: Optional[str] = None,

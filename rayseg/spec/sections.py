@@ -32,11 +32,15 @@ class DataSpec:
 
     @property
     def train_pipeline(self) -> List[Dict[str, Any]]:
-        return list(self.train.get("pipeline") or [])
+        from rayseg.datasets.dataset_wrappers import dataset_pipeline_cfg
+
+        return dataset_pipeline_cfg(self.train)
 
     @property
     def val_pipeline(self) -> List[Dict[str, Any]]:
-        return list((self.val or {}).get("pipeline") or [])
+        from rayseg.datasets.dataset_wrappers import dataset_pipeline_cfg
+
+        return dataset_pipeline_cfg(self.val)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class TrackingSpec:
     tags: Dict[str, str] = field(default_factory=dict)
     system_metrics: bool = True
     system_metrics_interval: float = 10.0
+    # ``mlflow.register_model``: the registered model the run's best (else final) weights become a version of.
+    register_model: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,29 @@ def _fit(sweep: SweepSpec, parent, tracking_uri: str, experiment: str, storage: 
     return tuner.fit(), recorder
 
 
+def _register_best(sweep: SweepSpec, best: Dict[str, Any], checkpoint: str, tracking_uri: str, parent):
+    """``tune.register_model``: the best trial's best weights as a model version, logged into that trial's run
+    (else the sweep's parent run). A failure is a warning: the sweep's results are all written already."""
+    import logging
+
+    from rayseg.model_registry import register_weights
+    from rayseg.tune.sweep import trial_config
+
+    run_id = best.get("mlflow_run") or (parent.run_id if parent else None)
+    try:
+        if run_id is None:
+            raise RuntimeError("neither the best trial nor the sweep has an MLflow run")
+        registered = register_weights(trial_config(sweep, best["_values"]), checkpoint, sweep.tune.register_model, tracking_uri, run_id,
+                                      tags={"rayseg.sweep": sweep.path, "rayseg.trial": str(best["trial"])})
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).warning(f"registering the best trial's {checkpoint} as model "
+                                            f"{sweep.tune.register_model!r} failed ({type(exc).__name__}: {exc})")
+        return None
+    if parent is not None:
+        parent.set_tag("registered_model", registered["uri"])
+    return registered
+
+
 def _finish(sweep: SweepSpec, grid, recorder: TrialEndRecorder, parent, tracking_uri: str,
             experiment_path: str) -> Dict[str, Any]:
     from rayseg.utils.ray_session import user_error
@@ -178,6 +201,9 @@ def _finish(sweep: SweepSpec, grid, recorder: TrialEndRecorder, parent, tracking
     if rows and rows[0][f"best_{sweep.tune.metric}"] is not None:
         best_config = os.path.join(sweep.work_dir, BEST_CONFIG_FILE)
         checkpoint = write_best_config(sweep, rows[0], best_config)
+    registered = None
+    if best_config and checkpoint and sweep.tune.register_model:
+        registered = _register_best(sweep, rows[0], checkpoint, tracking_uri, parent)
     finish_parent_run(parent, rows, sweep, table_path, best_config, checkpoint,
                       status="FINISHED" if best_config else "FAILED")
     if best_config is None:
@@ -188,6 +214,6 @@ def _finish(sweep: SweepSpec, grid, recorder: TrialEndRecorder, parent, tracking
         raise RuntimeError(f"no trial of {sweep.path} reported {sweep.tune.metric}; see {table_path}"
                            + (f" (first error: {errors[0]})" if errors else ""))
     return {"work_dir": sweep.work_dir, "table": format_table(rows, sweep), "table_path": table_path,
-            "rows": rows, "best_config": best_config, "best_checkpoint": checkpoint,
+            "rows": rows, "best_config": best_config, "best_checkpoint": checkpoint, "registered": registered,
             "parent_run_id": parent.run_id if parent else None, "tracking_uri": tracking_uri,
             "experiment_path": experiment_path}

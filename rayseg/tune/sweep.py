@@ -37,7 +37,7 @@ from rayseg.tune.space import Domain, apply_values, check_key, parse_search_spac
 
 SWEEP_KEYS = ("base_config", "base_options", "search_space", "tune")
 TUNE_KEYS = ("metric", "mode", "num_samples", "max_concurrent_trials", "scheduler", "search_alg",
-             "resources_per_trial", "time_budget_s", "storage_path", "max_failures")
+             "resources_per_trial", "time_budget_s", "storage_path", "max_failures", "register_model")
 RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker")
 SCHEDULERS: Dict[str, tuple] = {
     # name → the arguments rayseg passes on (the time attribute is always the training iteration, ``iter``)
@@ -64,6 +64,8 @@ class TuneSettings:
     time_budget_s: Optional[float] = None
     storage_path: Optional[str] = None
     max_failures: int = 0
+    # The registered model the best trial's best weights become a version of (trials register nothing).
+    register_model: Optional[str] = None
 
     @property
     def scheduler_type(self) -> str:
@@ -98,7 +100,15 @@ def _settings(raw: Any) -> TuneSettings:
         raise ConfigError(f"tune: unknown keys {unknown}; known: {', '.join(TUNE_KEYS)}")
     settings = TuneSettings(**{k: v for k, v in raw.items() if v is not None or k in ("max_concurrent_trials",
                                                                                         "time_budget_s",
-                                                                                        "storage_path")})
+                                                                                        "storage_path",
+                                                                                        "register_model")})
+    if settings.register_model is not None:
+        from rayseg.spec.resolve import _registered_model_name
+
+        try:
+            _registered_model_name(settings.register_model)
+        except ConfigError as exc:
+            raise ConfigError(f"tune.{str(exc).split('mlflow.', 1)[-1]}") from None
     metric = str(settings.metric)
     if metric.startswith("val/"):
         metric = metric[len("val/"):]
@@ -179,6 +189,7 @@ def trial_config(sweep: SweepSpec, values: Dict[str, Any]) -> Dict[str, Any]:
     evaluation = cfg.setdefault("evaluation", {})
     if not evaluation.get("save_best"):
         evaluation["save_best"] = sweep.tune.metric  # the trial's best weights are what the sweep hands over
+    cfg.setdefault("mlflow", {})["register_model"] = None  # only the sweep's best trial is registered (tune.register_model)
     return cfg
 
 

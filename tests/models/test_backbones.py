@@ -187,6 +187,9 @@ def _head(name):
     common = dict(channels=8, num_classes=NUM_CLASSES, norm_cfg=dict(type="BN"))
     if name == "MixVisionTransformer" and "SegformerHead" in HEADS:
         return dict(type="SegformerHead", in_channels=list(channels), in_index=[0, 1, 2, 3], **common)
+    if name == "HRNet":  # every branch feeds the head, as in MMSeg's fcn_hr18
+        return dict(type="FCNHead", in_channels=list(channels), in_index=[0, 1, 2, 3], input_transform="resize_concat",
+                    kernel_size=1, num_convs=1, concat_input=False, **common)
     if name == "FastSCNN":
         return dict(type="DepthwiseSeparableFCNHead", in_channels=channels[-1], in_index=-1, concat_input=False,
                     **common)

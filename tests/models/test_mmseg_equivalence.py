@@ -6,7 +6,11 @@ computed (``<arch>_io.pt``) and the matching rayseg config (``<arch>.yaml``); al
 ``tools/make_mmseg_reference.py`` in a separate venv with MMSeg installed. This test needs no MMSeg: it
 loads each checkpoint the way a user does (``load_weights_file`` + ``load_model_weights``) into the model
 built from the YAML and compares logits. A missing fixture is a failure, never a skip.
+``full_size_models.json`` holds the checkpoint layout (keys and shapes) of MMSeg's own full-size models for
+the zoo configs that mirror them (``--full-size`` of the same tool).
 """
+import hashlib
+import json
 import os
 
 import pytest
@@ -18,8 +22,10 @@ from rayseg.errors import CheckpointError
 from rayseg.models import build_segmentor
 
 torch.set_num_threads(1)
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "mmseg")
-ARCHS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "mmseg")
+# First zoo, then the second: HRNet + FCNHead, OCRNet (CascadeEncoderDecoder: FCNHead → OCRHead), Semantic FPN.
+ARCHS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer", "hrnet_fcn", "ocrnet", "fpn"]
 TOL = 1e-4
 
 
@@ -72,7 +78,7 @@ def test_mmseg_checkpoint_gives_mmseg_logits(arch):
     assert (out - expected).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("arch", ["fcn", "segformer"])
+@pytest.mark.parametrize("arch", ["fcn", "segformer", "ocrnet"])
 def test_corrupted_key_fails_loudly(arch):
     path = fixture(f"{arch}.pth")
     state_dict = dict(load_weights_file(path)["state_dict"])
@@ -98,3 +104,51 @@ def test_weights_changed_the_output():
     x, expected = reference("fcn")
     with torch.no_grad():
         assert (model.inference(x) - expected).abs().max().item() > 1e-2
+
+
+def test_cascade_checkpoint_keys_are_per_stage():
+    """OCRNet's heads load under MMSeg's ``decode_head.0.`` / ``decode_head.1.`` keys, and the OCR stage really
+    reads the first stage's logits: changing only the first head's classifier changes the final logits."""
+    path = fixture("ocrnet.pth")
+    state_dict = dict(load_weights_file(path)["state_dict"])
+    assert {"decode_head.0.conv_seg.weight", "decode_head.1.conv_seg.weight",
+            "decode_head.1.object_context_block.key_project.1.conv.weight"} <= set(state_dict)
+    model = build("ocrnet")
+    load_model_weights(model, state_dict, path)
+    model.eval()
+    x, expected = reference("ocrnet")
+    with torch.no_grad():
+        # (A per-class bias would not do: the soft regions are a softmax over pixels, per class.)
+        model.decode_head[0].conv_seg.weight.mul_(3.0)
+        assert (model.inference(x) - expected).abs().max().item() > 1e-2
+
+
+def _full_size():
+    with open(fixture("full_size_models.json")) as fh:
+        return json.load(fh)
+
+
+def _signature(state_dict):
+    """As ``architecture_signature`` in tools/make_mmseg_reference.py: tensor count, values per top-level part,
+    sha256 of the sorted ``key:shape`` lines."""
+    parts = {}
+    for key, value in state_dict.items():
+        fields = key.split(".")
+        part = ".".join(fields[:2]) if len(fields) > 2 and fields[1].isdigit() else fields[0]
+        parts[part] = parts.get(part, 0) + value.numel()
+    lines = "".join(f"{k}:{list(v.shape)}\n" for k, v in sorted(state_dict.items()))
+    return {"tensors": len(state_dict), "values": parts, "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+@pytest.mark.parametrize("config", sorted(_full_size()))
+def test_full_size_zoo_config_has_mmseg_checkpoint_layout(config):
+    """The full-size zoo configs (HRNet-W18/W48, OCRNet, Semantic FPN) build exactly the checkpoint layout of
+    MMSeg's own model for the config they mirror: every key and shape, so MMSeg's released checkpoints load.
+    Built on the meta device (no weights allocated)."""
+    expected = _full_size()[config]
+    cfg = load_config(os.path.join(ROOT, "configs", config))
+    with torch.device("meta"):
+        model = build_segmentor(cfg["model"])
+    got = _signature(model.state_dict())
+    assert got["values"] == expected["values"], f"{config} vs MMSeg {expected['mmseg_config']}"
+    assert (got["tensors"], got["sha256"]) == (expected["tensors"], expected["sha256"]), expected["mmseg_config"]

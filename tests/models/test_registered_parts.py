@@ -43,12 +43,14 @@ import tiny_parts_heads  # noqa: E402
 
 BACKBONE_STRIDES = {}  # name -> output strides, when not (4, 8, 16, 32)
 HEAD_OUTPUT_STRIDE = {}  # name -> stride of the head's logits w.r.t. the image, when not 32
+CASCADE_PREV_CLASSES = {}  # name -> classes of the previous head's logits a cascade head also takes (OCRHead)
 for _group in (tiny_parts_backbones, tiny_parts_heads):
     for _name, (_cfg, _channels, _strides) in getattr(_group, "TINY_BACKBONES", {}).items():
         TINY_BACKBONES[_name] = (_cfg, _channels)
         BACKBONE_STRIDES[_name] = _strides
     TINY_HEADS.update(getattr(_group, "TINY_HEADS", {}))
     HEAD_OUTPUT_STRIDE.update(getattr(_group, "HEAD_OUTPUT_STRIDE", {}))
+    CASCADE_PREV_CLASSES.update(getattr(_group, "CASCADE_PREV_CLASSES", {}))
 
 
 def tiny_model_cfg(head="PSPHead", aux=True, test_cfg=None):
@@ -208,11 +210,17 @@ def test_gn_norm_names():
 def test_head_forward_losses(name):
     head = build_head(TINY_HEADS[name])
     assert isinstance(head, BaseDecodeHead)
+    stride = HEAD_OUTPUT_STRIDE.get(name, 32)
+
+    def run(feats, size):
+        if name not in CASCADE_PREV_CLASSES:
+            return head(feats)
+        return head(feats, torch.randn(2, CASCADE_PREV_CLASSES[name], size[0] // stride, size[1] // stride))
+
     for size in SIZES:
         head.train()
         feats = features(size=size)
-        logits = head(feats)
-        stride = HEAD_OUTPUT_STRIDE.get(name, 32)
+        logits = run(feats, size)
         assert logits.shape == (2, NUM_CLASSES, size[0] // stride, size[1] // stride)
         losses = head.losses(logits, labels(size).unsqueeze(1))
         assert set(losses) == {"loss_ce", "acc_seg"}
@@ -220,7 +228,7 @@ def test_head_forward_losses(name):
         losses["loss_ce"].backward()
         assert head.conv_seg.weight.grad is not None
         head.eval()
-        assert head(features(size=size)).shape[1] == NUM_CLASSES
+        assert run(features(size=size), size).shape[1] == NUM_CLASSES
 
 
 def test_head_input_transforms_and_loss_lists():

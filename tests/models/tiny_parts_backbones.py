@@ -18,6 +18,14 @@ TINY_BACKBONES = {
                       global_block_channels=(8, 8, 16), global_out_channels=16, higher_in_channels=8,
                       lower_in_channels=16, fusion_out_channels=16),
                  (8, 16, 16), (8, 32, 8)),
+    # HRNet: the stem is 64 channels whatever the widths; four branches at strides 4..32, a two-module stage.
+    "HRNet": (dict(type="HRNet", extra=dict(
+        stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(4,)),
+        stage2=dict(num_modules=1, num_branches=2, block="BASIC", num_blocks=(1, 1), num_channels=(4, 8)),
+        stage3=dict(num_modules=2, num_branches=3, block="BASIC", num_blocks=(1, 1, 1), num_channels=(4, 8, 16)),
+        stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1),
+                    num_channels=(4, 8, 16, 32)))),
+              (4, 8, 16, 32), (4, 8, 16, 32)),
 }
 TINY_HEADS = {
     "DepthwiseSeparableFCNHead": dict(type="DepthwiseSeparableFCNHead", in_channels=64, channels=8, in_index=3,

@@ -244,3 +244,12 @@ def test_concurrent_trials_fit_the_cluster(tmp_path):
     assert concurrent_trials(sweep, {"CPU": 10}) == 2
     with pytest.raises(ConfigError, match="one trial needs 4.51 CPUs"):
         concurrent_trials(sweep, {"CPU": 4})
+
+
+def test_register_model_is_checked_and_trials_register_nothing(tmp_path):
+    with pytest.raises(ConfigError, match="tune.register_model: 'a/b' is not a registered model name"):
+        load_sweep(str(write_sweep(tmp_path, tune={"register_model": "a/b"})))
+    sweep = load_sweep(str(write_sweep(tmp_path, tune={"register_model": "best"})),
+                       cfg_options=["mlflow.register_model=per-trial"])
+    assert sweep.tune.register_model == "best"
+    assert trial_config(sweep, {"optimizer.lr": 0.01})["mlflow"]["register_model"] is None

@@ -68,9 +68,11 @@ def asha_sweep(ray_head, demo_data, mlflow_server, tmp_path_factory):
     path = write_sweep(folder, {"load_from": {"grid_search": weights},
                                 "optimizer.lr": {"choice": [0.001]}},
                        {"num_samples": 1, "max_concurrent_trials": 1, "resources_per_trial": RESOURCES,
-                        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2}})
+                        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+                        "register_model": "shapes-best"})
     sweep = load_sweep(str(path), work_dir=str(folder / "work"),
-                       cfg_options=data_options(demo_data, mlflow_server) + ["mlflow.experiment_name=sweeps"])
+                       cfg_options=data_options(demo_data, mlflow_server) + ["mlflow.experiment_name=sweeps",
+                                                                              "mlflow.register_model=not-per-trial"])
     return sweep, run_sweep(sweep)
 
 
@@ -116,6 +118,12 @@ def test_mlflow_parent_and_child_runs(asha_sweep, mlflow_server):
     assert done.data.tags["sampled.optimizer.lr"] == "0.001"
     steps = [m.step for m in client.get_metric_history(done.info.run_id, "val/mIoU")]
     assert steps == [3, 6]
+    # tune.register_model: the best trial's best weights, once; the trials' own mlflow.register_model is off
+    assert summary["registered"]["uri"] == "models:/shapes-best/1" == parent.data.tags["registered_model"]
+    version = client.get_model_version("shapes-best", "1")
+    assert version.run_id == best["mlflow_run"] and version.tags["rayseg.trial"] == best["trial"]
+    assert len(client.search_model_versions("name='shapes-best'")) == 1
+    assert client.search_registered_models("name='not-per-trial'") == []
 
 
 def test_best_config_reproduces_the_best_trial(asha_sweep):
