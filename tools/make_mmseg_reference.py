@@ -311,6 +311,59 @@ def write_full_size(path):
         fh.write("\n")
 
 
+def mmseg_versions(stubbed: bool) -> dict:
+    import mmcv
+    import mmengine
+    import mmseg
+
+    return dict(mmseg_version=str(mmseg.__version__), mmcv_version=str(mmcv.__version__),
+                mmengine_version=str(mmengine.__version__), torch_version=str(torch.__version__),
+                mmcv_ops_stubbed=stubbed)
+
+
+def write_reference(name: str, cfg: dict, index: int, out: str, versions: dict, tool: str = "make_mmseg_reference.py",
+                    size: int = 64) -> None:
+    """Build MMSeg's model ``cfg`` (MMSeg 1.x spelling), randomise it with seeds from ``index``, and write
+    ``<name>.pth``, ``<name>_io.pt`` and ``<name>.yaml`` into ``out``. Other fixture scripts
+    (``tools/mmseg_reference_*.py``) call this with their own configs and index range."""
+    import mmseg
+    import yaml
+    from mmengine.runner.checkpoint import weights_to_cpu
+    from mmseg.registry import MODELS
+
+    mm_cfg = copy.deepcopy(cfg)
+    mm_cfg.pop("pretrained", None)
+    # As an MMSeg 1.x config: a SegDataPreProcessor (its mean/std buffers are not persistent, so they
+    # are not in the state_dict); we feed encode_decode an already-normalised tensor.
+    mm_cfg["data_preprocessor"] = dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
+                                       std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                                       seg_pad_val=255, size=(size, size))
+    torch.manual_seed(SEED + index)
+    model = MODELS.build(copy.deepcopy(mm_cfg))
+    gen = torch.Generator().manual_seed(1000 + index)
+    calib = [torch.randn(4, 3, size, size, generator=gen) for _ in range(2)]
+    randomise(model, gen, calib)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    model.eval()
+    metas = [dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size))]
+    with torch.no_grad():
+        logits = model.encode_decode(x, metas)
+    assert logits.shape == (1, NUM_CLASSES, size, size), logits.shape
+    # Exactly what mmengine's Runner.save_checkpoint stores (an OrderedDict with _metadata).
+    state_dict = weights_to_cpu(model.state_dict())
+    ckpt = {"state_dict": state_dict,
+            "meta": dict(versions, mmseg_config=plain(mm_cfg), arch=name)}
+    torch.save(ckpt, os.path.join(out, f"{name}.pth"))
+    torch.save({"input": x, "logits": logits.detach().clone()}, os.path.join(out, f"{name}_io.pt"))
+    with open(os.path.join(out, f"{name}.yaml"), "w") as fh:
+        fh.write(f"# rayseg equivalent of the tiny MMSeg {mmseg.__version__} model in {name}.pth "
+                 f"(written by tools/{tool})\n")
+        yaml.safe_dump(rayseg_config(cfg), fh, sort_keys=False, default_flow_style=None)
+    sizes = [os.path.getsize(os.path.join(out, f)) for f in (f"{name}.pth", f"{name}_io.pt")]
+    print(f"{name}: {len(state_dict)} tensors, {sum(v.numel() for v in state_dict.values())} values, "
+          f"logits std {logits.std():.3f} |max| {logits.abs().max():.3f}, files {sizes} bytes")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=OUT)
@@ -329,53 +382,13 @@ def main():
     if unknown:
         parser.error(f"unknown architecture(s) {unknown}; choose from {list(configs)}")
     torch.set_num_threads(1)
-    stubbed = import_mmseg()
-    import mmcv
-    import mmengine
-    import mmseg
-    import yaml
-    from mmengine.runner.checkpoint import weights_to_cpu
-    from mmseg.registry import MODELS
-
+    versions = mmseg_versions(import_mmseg())
     os.makedirs(args.out, exist_ok=True)
-    versions = dict(mmseg_version=str(mmseg.__version__), mmcv_version=str(mmcv.__version__),
-                    mmengine_version=str(mmengine.__version__), torch_version=str(torch.__version__),
-                    mmcv_ops_stubbed=stubbed)
     print(versions)
     for index, (name, cfg) in enumerate(configs.items()):
         if args.only and name not in args.only:
             continue
-        mm_cfg = copy.deepcopy(cfg)
-        mm_cfg.pop("pretrained")
-        # As an MMSeg 1.x config: a SegDataPreProcessor (its mean/std buffers are not persistent, so they
-        # are not in the state_dict); we feed encode_decode an already-normalised tensor.
-        mm_cfg["data_preprocessor"] = dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
-                                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
-                                           seg_pad_val=255, size=(64, 64))
-        torch.manual_seed(SEED + index)
-        model = MODELS.build(copy.deepcopy(mm_cfg))
-        gen = torch.Generator().manual_seed(1000 + index)
-        calib = [torch.randn(4, 3, 64, 64, generator=gen) for _ in range(2)]
-        randomise(model, gen, calib)
-        x = torch.randn(1, 3, 64, 64, generator=gen)
-        model.eval()
-        metas = [dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64))]
-        with torch.no_grad():
-            logits = model.encode_decode(x, metas)
-        assert logits.shape == (1, NUM_CLASSES, 64, 64), logits.shape
-        # Exactly what mmengine's Runner.save_checkpoint stores (an OrderedDict with _metadata).
-        state_dict = weights_to_cpu(model.state_dict())
-        ckpt = {"state_dict": state_dict,
-                "meta": dict(versions, mmseg_config=plain(mm_cfg), arch=name)}
-        torch.save(ckpt, os.path.join(args.out, f"{name}.pth"))
-        torch.save({"input": x, "logits": logits.detach().clone()}, os.path.join(args.out, f"{name}_io.pt"))
-        with open(os.path.join(args.out, f"{name}.yaml"), "w") as fh:
-            fh.write(f"# rayseg equivalent of the tiny MMSeg {mmseg.__version__} model in {name}.pth "
-                     "(written by tools/make_mmseg_reference.py)\n")
-            yaml.safe_dump(rayseg_config(cfg), fh, sort_keys=False, default_flow_style=None)
-        sizes = [os.path.getsize(os.path.join(args.out, f)) for f in (f"{name}.pth", f"{name}_io.pt")]
-        print(f"{name}: {len(state_dict)} tensors, {sum(v.numel() for v in state_dict.values())} values, "
-              f"logits std {logits.std():.3f} |max| {logits.abs().max():.3f}, files {sizes} bytes")
+        write_reference(name, cfg, index, args.out, versions)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "mmseg")
 # First zoo, then the second: HRNet + FCNHead, OCRNet (CascadeEncoderDecoder: FCNHead → OCRHead), Semantic FPN.
-ARCHS = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer", "hrnet_fcn", "ocrnet", "fpn"]
+REQUIRED = ["fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segformer", "hrnet_fcn", "ocrnet", "fpn"]
+# ... and every other architecture whose fixtures are there (tools/mmseg_reference_*.py add theirs).
+ARCHS = REQUIRED + sorted({n[: -len("_io.pt")] for n in os.listdir(FIXTURES) if n.endswith("_io.pt")} - set(REQUIRED))
 TOL = 1e-4
 
 

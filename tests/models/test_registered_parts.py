@@ -37,14 +37,17 @@ TINY_HEADS = {
 }
 
 
-# Model-zoo parts keep their tiny configs in their own modules (one per group of parts).
-import tiny_parts_backbones  # noqa: E402
-import tiny_parts_heads  # noqa: E402
+# Model-zoo parts keep their tiny configs in their own modules, tests/models/tiny_parts_<group>.py (one per group
+# of parts), each found here by name.
+import importlib  # noqa: E402
+import pathlib  # noqa: E402
+
+_GROUPS = [importlib.import_module(p.stem) for p in sorted(pathlib.Path(__file__).parent.glob("tiny_parts_*.py"))]
 
 BACKBONE_STRIDES = {}  # name -> output strides, when not (4, 8, 16, 32)
 HEAD_OUTPUT_STRIDE = {}  # name -> stride of the head's logits w.r.t. the image, when not 32
 CASCADE_PREV_CLASSES = {}  # name -> classes of the previous head's logits a cascade head also takes (OCRHead)
-for _group in (tiny_parts_backbones, tiny_parts_heads):
+for _group in _GROUPS:
     for _name, (_cfg, _channels, _strides) in getattr(_group, "TINY_BACKBONES", {}).items():
         TINY_BACKBONES[_name] = (_cfg, _channels)
         BACKBONE_STRIDES[_name] = _strides
