@@ -216,6 +216,45 @@ class MlflowServer:
         self.proc.wait(timeout=30)
 
 
+class TeamMlflowServer:
+    """The team server as ``cluster/mlflow-server.sh`` starts it (SQLite + proxied artifact folder under
+    ``root/rayseg-mlflow``, 127.0.0.1), with ``url`` read from the line the script prints."""
+
+    def __init__(self, root: Path, timeout: float = 180):
+        import re
+        import urllib.request
+
+        self.root = root
+        self.log_path = root / "team-server.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(["bash", str(REPO_ROOT / "cluster" / "mlflow-server.sh"), "--port",
+                                          str(free_port()), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env={**os.environ, "HOME": str(root)})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.log_path.read_text()
+            found = re.search(r"mlflow\.tracking_uri=(\S+)", text)
+            if found:
+                self.url = found.group(1)
+                try:
+                    with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                        return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(1)
+        self.stop()
+        pytest.fail(f"cluster/mlflow-server.sh did not start: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
 @pytest.fixture(autouse=True)
 def _no_fork_while_ray_is_connected():
     """Fail the test that fork()ed this process while it was a Ray driver (see the top of this file)."""

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import time
-import urllib.request
 
 import psutil
 import pytest
 
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT, TeamMlflowServer
 
 SCRIPT = REPO_ROOT / "cluster" / "mlflow-server.sh"
 
@@ -32,35 +29,15 @@ def test_bad_options_fail_before_starting(args, message, tmp_path):
 def test_server_on_loopback_stores_runs_and_proxies_artifacts(tmp_path):
     import mlflow
 
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen(["bash", str(SCRIPT), "--port", str(port), "--workers", "1"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "HOME": str(tmp_path)})
+    server = TeamMlflowServer(tmp_path)
     try:
-        uri = None
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            text = (tmp_path / "server.log").read_text()
-            found = re.search(r"mlflow\.tracking_uri=(\S+)", text)
-            if found:
-                uri = found.group(1)
-                try:
-                    with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                        break
-                except OSError:
-                    pass
-            assert proc.poll() is None, text
-            time.sleep(1)
-        else:
-            pytest.fail(f"server did not answer: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        assert uri == f"http://127.0.0.1:{port}"
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
         # Loopback only, as promised: every listening socket of the server's processes is on 127.0.0.1.
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
         listening = [c.laddr for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert listening and {a.ip for a in listening} == {"127.0.0.1"}, listening
 
-        client = mlflow.MlflowClient(tracking_uri=uri)
+        client = mlflow.MlflowClient(tracking_uri=server.url)
         experiment = client.create_experiment("team")
         run = client.create_run(experiment)
         client.log_metric(run.info.run_id, "mIoU", 61.5, step=100)
@@ -71,6 +48,4 @@ def test_server_on_loopback_stores_runs_and_proxies_artifacts(tmp_path):
         assert (tmp_path / "rayseg-mlflow" / "mlflow.db").is_file()
         assert client.get_metric_history(run.info.run_id, "mIoU")[0].value == 61.5
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
+        server.stop()

@@ -1,6 +1,7 @@
 """MLflow's UI as a person uses it to compare two rayseg runs, driven in headless Chromium.
 
-Two tiny real training runs (different ``optimizer.lr``) record into a real MLflow server; the browser opens
+Two tiny real training runs (different ``optimizer.lr``) record into a real MLflow server, the team server
+``cluster/mlflow-server.sh`` starts; the browser opens
 the experiment the way rayseg prints its links (the model-training view, not MLflow 3.17's GenAI view),
 finds both runs with their validation mIoU in the runs table, and opens the compare view, where the lr
 values differ. Screenshots go to the test's tmp folder and, when ``RAYSEG_SCREENSHOT_DIR`` is set, there.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, MlflowServer
+from conftest import REPO_ROOT, TeamMlflowServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 CHROMIUM = "/usr/bin/chromium"
@@ -46,7 +47,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow_ui"), proxy_artifacts=False)
+    """The team server, started by cluster/mlflow-server.sh as its docs say (docs/mlflow.md#a-team-server)."""
+    server = TeamMlflowServer(tmp_path_factory.mktemp("mlflow_ui"))
     yield server.url
     server.stop()
 
