@@ -129,8 +129,9 @@ def fetch_checkpoint(url: str, name: Optional[str] = None) -> str:
         torch.hub.download_url_to_file(url, cached, progress=False)
     except Exception as exc:  # urllib and OS errors all mean "could not get the weights"
         raise CheckpointDownloadError(
-            f"cannot download checkpoint {label}: {exc}. Weights can also be given as a local path: "
-            f"download the file elsewhere and set the checkpoint to its path") from exc
+            f"cannot download checkpoint {label}: {exc}. Without network access, either copy the file to "
+            f"{cached} (the torch hub cache, where it is found without downloading; TORCH_HOME moves it) or give "
+            f"the checkpoint as a local path (e.g. --cfg-options model.pretrained=/path/to/file.pth)") from exc
     return cached
 
 
