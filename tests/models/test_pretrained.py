@@ -180,13 +180,13 @@ def test_unreachable_url_is_a_checkpoint_error_naming_it(monkeypatch, hub_cache)
         load_pretrained(backbone, url)
     # The way out without network: the cache file it names, or a local path.
     assert f"copy the file to {hub_cache / 'weights.pth'}" in str(info.value) and "local path" in str(info.value)
-    hub_cache.mkdir(parents=True, exist_ok=True)  # the failed download made it
-    torch.save({"state_dict": backbone.state_dict()}, hub_cache / "weights.pth")
-    load_pretrained(build_backbone(dict(type="ResNet", depth=18)), url)  # found in the cache, nothing downloaded
     with pytest.raises(CheckpointError, match=url):
         load_weights_file(url)
     with pytest.raises(CheckpointError, match="file:///nonexistent/weights.pth"):
         load_weights_file("file:///nonexistent/weights.pth")
+    hub_cache.mkdir(parents=True, exist_ok=True)  # the failed download made it
+    torch.save({"state_dict": backbone.state_dict()}, hub_cache / "weights.pth")
+    load_pretrained(build_backbone(dict(type="ResNet", depth=18)), url)  # found in the cache, nothing downloaded
 
 
 def test_missing_local_file_is_a_checkpoint_error_naming_it(tmp_path):
