@@ -47,6 +47,7 @@ _GROUPS = [importlib.import_module(p.stem) for p in sorted(pathlib.Path(__file__
 BACKBONE_STRIDES = {}  # name -> output strides, when not (4, 8, 16, 32)
 HEAD_OUTPUT_STRIDE = {}  # name -> stride of the head's logits w.r.t. the image, when not 32
 CASCADE_PREV_CLASSES = {}  # name -> classes of the previous head's logits a cascade head also takes (OCRHead)
+LAYER_NORM_ONLY = {"MixVisionTransformer", "SwinTransformer", "VisionTransformer"}  # backbones without BatchNorm
 for _group in _GROUPS:
     for _name, (_cfg, _channels, _strides) in getattr(_group, "TINY_BACKBONES", {}).items():
         TINY_BACKBONES[_name] = (_cfg, _channels)
@@ -160,9 +161,9 @@ def test_backbone_base_norm_eval_and_init_cfg(name, tmp_path):
     sum(o.mean() for o in net(x)).backward()
     assert all(torch.equal(before[k], v) for k, v in _running_stats(net).items())
     assert any(p.grad is not None for p in net.parameters())
-    # Without norm_eval the statistics move (every backbone but the LayerNorm-only MiT has BatchNorms).
+    # Without norm_eval the statistics move (every backbone but the LayerNorm-only transformers has BatchNorms).
     plain = build_backbone(copy.deepcopy(cfg)).train()
-    assert bool(bns) == (name != "MixVisionTransformer")
+    assert bool(bns) == (name not in LAYER_NORM_ONLY)
     before = _running_stats(plain)
     plain(x)
     assert all(not torch.equal(before[k], v) for k, v in _running_stats(plain).items() if "running_mean" in k)

@@ -9,14 +9,14 @@ tensors they reshape or reorder; classifier heads (``head.*``) are dropped.
 kind              release                        MMSeg script            rayseg backbone
 ================  =============================  ======================  ===============================
 ``mit``           SegFormer (NVlabs) MiT-B0…B5   ``mit2mmseg.py``        ``MixVisionTransformer``
-``swin``          Swin Transformer (Microsoft)   ``swin2mmseg.py``       not yet (MMSeg's ``SwinTransformer``)
-``vit``           timm / DeiT ViT                ``vit2mmseg.py``        not yet (MMSeg's ``VisionTransformer``)
+``swin``          Swin Transformer (Microsoft)   ``swin2mmseg.py``       ``SwinTransformer``
+``vit``           timm / DeiT ViT                ``vit2mmseg.py``        ``VisionTransformer``
 ``beit``          BEiT (Microsoft, unilm)        ``beit2mmseg.py``       not yet (MMSeg's ``BEiT``)
-``stdc1``/``2``   STDC (MichaelFan01)            ``stdc2mmseg.py``       not yet (MMSeg's ``STDCNet``)
+``stdc1``/``2``   STDC (MichaelFan01)            ``stdc2mmseg.py``       ``STDCNet``
 ================  =============================  ======================  ===============================
 
-The families rayseg does not have yet are converted to MMSeg's key names, which the backbones of rayseg's next
-model zoo keep (the same rule as the MiT: ``tests/models/test_mmseg_equivalence.py`` compares with MMSeg).
+Keys are converted to MMSeg's names, which rayseg's backbones keep (``tests/models/test_mmseg_equivalence.py``
+compares with MMSeg); BEiT, which rayseg does not have yet, gets MMSeg's ``BEiT`` names.
 """
 from __future__ import annotations
 
