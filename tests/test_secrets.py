@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from secrets import token_hex
 
 import pytest
 
@@ -16,13 +17,11 @@ from rayseg.config import load_config
 from rayseg.errors import ConfigError
 
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny_shapes.yaml"
-SECRETS = {
-    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-rayseg-test-secret-1",
-    "AWS_ACCESS_KEY_ID": "AKIARAYSEGTESTKEY000",
-    "MLFLOW_TRACKING_PASSWORD": "mlflow-rayseg-test-secret-2",
-    "GOOGLE_APPLICATION_CREDENTIALS_JSON": "gcp-rayseg-test-secret-3",
-    "HF_TOKEN": "hf_rayseg_test_secret_4",
-}
+# Made afresh for each session, so the values appear nowhere but in the environment of the run under test (not in
+# this file, which a `ray job submit --working-dir .` elsewhere in the session copies into the Ray session's files).
+SECRETS = {name: f"{prefix}{token_hex(12)}" for name, prefix in [
+    ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"), ("AWS_ACCESS_KEY_ID", "AKIA"), ("MLFLOW_TRACKING_PASSWORD", "mlflow-"),
+    ("GOOGLE_APPLICATION_CREDENTIALS_JSON", "gcp-"), ("HF_TOKEN", "hf_")]}
 
 
 @pytest.mark.parametrize("option, key, hint", [
