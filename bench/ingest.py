@@ -85,7 +85,7 @@ def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int) -> 
     from rayseg.datasets.ray_data import build_train_stream
     from rayseg.utils.ray_session import quiet_ray_data
 
-    ray.init(num_cpus=procs + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=procs + 1, include_dashboard=False, log_to_driver=False)
     try:
         quiet_ray_data()
         start = time.perf_counter()
