@@ -322,10 +322,14 @@ def mmseg_versions(stubbed: bool) -> dict:
 
 
 def write_reference(name: str, cfg: dict, index: int, out: str, versions: dict, tool: str = "make_mmseg_reference.py",
-                    size: int = 64) -> None:
+                    size: int = 64, logits_stride: int = 1) -> None:
     """Build MMSeg's model ``cfg`` (MMSeg 1.x spelling), randomise it with seeds from ``index``, and write
     ``<name>.pth``, ``<name>_io.pt`` and ``<name>.yaml`` into ``out``. Other fixture scripts
-    (``tools/mmseg_reference_*.py``) call this with their own configs and index range."""
+    (``tools/mmseg_reference_*.py``) call this with their own configs and index range.
+
+    ``logits_stride > 1`` keeps a big reference small: the input is not stored but drawn from its own seeded
+    generator (``input_seed``, ``input_shape``: torch.randn gives the same values with the pinned torch), and
+    only every ``logits_stride``-th logit row and column is stored."""
     import mmseg
     import yaml
     from mmengine.runner.checkpoint import weights_to_cpu
@@ -343,7 +347,9 @@ def write_reference(name: str, cfg: dict, index: int, out: str, versions: dict, 
     gen = torch.Generator().manual_seed(1000 + index)
     calib = [torch.randn(4, 3, size, size, generator=gen) for _ in range(2)]
     randomise(model, gen, calib)
-    x = torch.randn(1, 3, size, size, generator=gen)
+    input_seed = 5000 + index
+    x = (torch.randn(1, 3, size, size, generator=gen) if logits_stride == 1
+         else torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(input_seed)))
     model.eval()
     metas = [dict(img_shape=(size, size), pad_shape=(size, size), ori_shape=(size, size))]
     with torch.no_grad():
@@ -354,7 +360,12 @@ def write_reference(name: str, cfg: dict, index: int, out: str, versions: dict, 
     ckpt = {"state_dict": state_dict,
             "meta": dict(versions, mmseg_config=plain(mm_cfg), arch=name)}
     torch.save(ckpt, os.path.join(out, f"{name}.pth"))
-    torch.save({"input": x, "logits": logits.detach().clone()}, os.path.join(out, f"{name}_io.pt"))
+    if logits_stride == 1:
+        io = {"input": x, "logits": logits.detach().clone()}
+    else:
+        io = {"input_seed": input_seed, "input_shape": list(x.shape), "logits_stride": logits_stride,
+              "logits": logits[..., ::logits_stride, ::logits_stride].detach().clone()}
+    torch.save(io, os.path.join(out, f"{name}_io.pt"))
     with open(os.path.join(out, f"{name}.yaml"), "w") as fh:
         fh.write(f"# rayseg equivalent of the tiny MMSeg {mmseg.__version__} model in {name}.pth "
                  f"(written by tools/{tool})\n")

@@ -148,7 +148,10 @@ def main():
     for i, (name, (cfg, size)) in enumerate(tiny_configs().items()):
         if args.only and name not in args.only:
             continue
-        write_reference(name, cfg, INDEX + i, args.out, versions, tool="mmseg_reference_realtime.py", size=size)
+        # LR-ASPP needs a 392-pixel input (MMSeg's fixed 49x49 pool at stride 8): a seeded input and every 8th
+        # logit keep its reference small.
+        write_reference(name, cfg, INDEX + i, args.out, versions, tool="mmseg_reference_realtime.py", size=size,
+                        logits_stride=8 if size > 128 else 1)
 
 
 if __name__ == "__main__":
