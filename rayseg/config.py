@@ -68,8 +68,9 @@ SCHEMA: Dict[str, Any] = {
     "seed": "int|none",
     "deterministic": "bool",
     "scaling": {
-        "num_workers": "int", "use_gpu": "bool", "resources_per_worker": "dict|none",
-        "placement_strategy": "str",
+        # an int, or [MIN, MAX] for elastic training (rayseg.engine.elastic)
+        "num_workers": "int|list", "use_gpu": "bool", "resources_per_worker": "dict|none",
+        "placement_strategy": "str", "elastic_resize_monitor_interval_s": "number",
     },
     "mlflow": {"tracking_uri": "str|none", "experiment_name": "str", "run_name": "str|none", "tags": "dict",
                "system_metrics": "bool", "system_metrics_interval": "number", "register_model": "str|none"},

@@ -6,7 +6,10 @@ client, the recorded cluster address), which would break the test session's own 
     python tests/simulated_cluster.py DASHBOARD_PORT NUM_WORKER_NODES
 
 Prints one JSON line ``{"address", "dashboard", "worker_node_ids"}`` once every node is up, then keeps the
-cluster running until stdin is closed.
+cluster running until stdin is closed. Meanwhile it takes commands on stdin, one per line, and answers each
+with a JSON line: ``remove NODE_ID`` (the node dies, as a preempted machine would) and ``add`` (a new
+worker node like the first ones; ``{"added": NODE_ID}``). Nodes are added here, on the main thread, because
+``Cluster.add_node`` installs a signal handler.
 
 Like the session head (conftest.RayHead), the cluster keeps to itself on a machine shared with other Ray
 clusters: its own Ray temp dir, holding its own ``ray_current_cluster`` file, and RAY_ADDRESS in its processes'
@@ -49,7 +52,18 @@ def main() -> int:
         cluster.wait_for_nodes()
         print(json.dumps({"address": cluster.address, "dashboard": f"http://127.0.0.1:{dashboard_port}",
                           "worker_node_ids": [n.node_id for n in nodes]}), flush=True)
-        sys.stdin.read()  # until the test closes our stdin
+        by_id = {n.node_id: n for n in nodes}
+        for line in sys.stdin:  # until the test closes our stdin
+            command = line.split()
+            if command[:1] == ["remove"] and len(command) == 2 and command[1] in by_id:
+                cluster.remove_node(by_id.pop(command[1]))
+                print(json.dumps({"removed": command[1]}), flush=True)
+            elif command == ["add"]:
+                node = cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, **node_args)
+                by_id[node.node_id] = node
+                print(json.dumps({"added": node.node_id}), flush=True)
+            else:
+                print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
     finally:
         cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -196,8 +196,11 @@ def _strip_normalize(dataset: Any) -> Any:
 
 def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,
                        num_actors: int = 1, actor_num_cpus: float = 1.0,
-                       bad_samples: Optional[BadSamplePolicy] = None):
+                       bad_samples: Optional[BadSamplePolicy] = None, min_actors: Optional[int] = None):
     """A Ray Dataset of ``num_rows`` augmented training samples starting at stream ``start_position``.
+
+    ``num_actors`` decode/augment actors; with ``min_actors`` the pool starts with that many and grows to
+    ``num_actors`` as the cluster has room (elastic training, which may start below its full size).
 
     Rows are ``img`` (H, W, 3) uint8 in the pipeline's channel order and ``gt_semantic_seg`` (H, W) uint8.
     ``bad_samples`` (default: stop at the first bad sample): under ``skip`` bad samples are dropped, so the
@@ -220,16 +223,18 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
         _PipelineActor, batch_size=_TRANSFORM_BATCH,
         fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "train", "seed": seed,
                                "bad_samples": bad_samples, "split": "data.train"},
-        compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
+        compute=_actor_pool(num_actors, min_actors), num_cpus=actor_num_cpus)
 
 
 def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float = 1.0,
-                      bad_samples: Optional[BadSamplePolicy] = None, split: str = "data.val"):
+                      bad_samples: Optional[BadSamplePolicy] = None, split: str = "data.val",
+                      min_actors: Optional[int] = None):
     """A Ray Dataset with one row per evaluation sample: the test-pipeline image (uint8) and the
     original-size label map, plus ``ori_shape`` and the sample ``index``.
 
     ``bad_samples`` under ``skip``: a bad sample has no row (recorded as a sample of ``split``), and the
-    metrics are computed over the others; default: the first bad sample stops the stream."""
+    metrics are computed over the others; default: the first bad sample stops the stream. ``min_actors``: as
+    for ``build_train_stream``."""
     import ray.data
 
     samples = dataset.samples
@@ -245,7 +250,16 @@ def build_eval_stream(dataset: Any, num_actors: int = 1, actor_num_cpus: float =
         _PipelineActor, batch_size=1,
         fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "test", "seed": 0,
                                "bad_samples": bad_samples, "split": split},
-        compute=ray.data.ActorPoolStrategy(size=max(1, num_actors)), num_cpus=actor_num_cpus)
+        compute=_actor_pool(num_actors, min_actors), num_cpus=actor_num_cpus)
+
+
+def _actor_pool(num_actors: int, min_actors: Optional[int]):
+    import ray.data
+
+    size = max(1, num_actors)
+    if min_actors is None or min_actors >= size:
+        return ray.data.ActorPoolStrategy(size=size)
+    return ray.data.ActorPoolStrategy(min_size=max(1, min_actors), max_size=size)
 
 
 class DeviceNormalizer:

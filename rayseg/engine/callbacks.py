@@ -6,7 +6,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ray.train import UserCallback
 
@@ -61,8 +61,12 @@ class TrainLogCallback(UserCallback):
     ``train.log`` beside it (like MMSeg's text logger), and MLflow."""
 
     def __init__(self, log_path: str, tracking_uri: Optional[str] = None, run_id: Optional[str] = None,
-                 max_iters: int = 0, run_dir: Optional[str] = None, metrics: Sequence[str] = ("mIoU",)):
+                 max_iters: int = 0, run_dir: Optional[str] = None, metrics: Sequence[str] = ("mIoU",),
+                 worker_range: Optional[Tuple[int, int]] = None):
         self.log_path = log_path
+        # Elastic runs ((MIN, MAX)): every change of the worker count becomes an event (WorkerCountEvents).
+        self.resizes = WorkerCountEvents(os.path.join(os.path.dirname(log_path), "events.jsonl"), worker_range) \
+            if worker_range else None
         self.metrics = tuple(metrics)
         self.run_dir = run_dir
         self.text_log_path = os.path.join(os.path.dirname(log_path), "train.log")
@@ -81,9 +85,17 @@ class TrainLogCallback(UserCallback):
             self._run = MlflowRun(self.tracking_uri, self.run_id)
         return self._run
 
+    def after_exception(self, run_context, worker_exceptions: Dict[int, Exception]) -> None:
+        if self.resizes is not None:
+            self.resizes.failed(worker_exceptions)
+
     def after_report(self, run_context, metrics: List[Dict[str, Any]], checkpoint) -> None:
         if not metrics:
             return
+        if self.resizes is not None:
+            event = self.resizes.reported(len(metrics), metrics[0].get("iter", 0))
+            if event is not None:
+                self._record_event(event)
         if checkpoint is not None and metrics[0].get("saved_best") and self.run_dir:
             self._keep_best(checkpoint, metrics[0]["saved_best"])
         if all("replica" in m for m in metrics):
@@ -106,6 +118,18 @@ class TrainLogCallback(UserCallback):
             run.log_metrics({tracked_name(k): v for k, v in record.items() if k != "iter" and v is not None},
                             step=record["iter"])
 
+    def _record_event(self, event: Dict[str, Any]) -> None:
+        """A resize: a line in train.log, and in MLflow the events file and a tag with the current size."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        with open(self.text_log_path, "a") as f:
+            f.write(f"{stamp} - rayseg - INFO - {event['message']}\n")
+        run = self._mlflow()
+        if run is not None:
+            run.log_artifact(self.resizes.path)
+            run.set_tag("rayseg.workers", str(event["workers"]))
+            run.set_tag("rayseg.resizes", str(self.resizes.count))
+
     def _keep_best(self, checkpoint, key: str) -> None:
         """Copy the just-persisted checkpoint to ``<run_dir>/best_<key>``, out of ``max_keep_ckpts``' reach."""
         from rayseg.engine import storage
@@ -126,3 +150,53 @@ class TrainLogCallback(UserCallback):
         run = self._mlflow()
         if run is not None:
             run.log_artifact(path)
+
+
+class WorkerCountEvents:
+    """The worker count of an elastic run over time, as events with their reasons, in ``events.jsonl``.
+
+    The controller sees every report (one metrics dict per worker, so their number is the current size) and
+    every failure; a report at another size than the last one is a resize. Its reason: the failure that
+    preceded it when the group shrank (a lost node shows as the workers on it dying), Ray Train's elastic
+    policy finding room when it grew.
+    """
+
+    def __init__(self, path: str, worker_range: Tuple[int, int]):
+        self.path = path
+        self.min_workers, self.max_workers = worker_range
+        self.workers: Optional[int] = None
+        self.count = 0  # resizes so far, in this driver
+        self._failure: Optional[str] = None
+
+    def failed(self, worker_exceptions: Dict[int, Exception]) -> None:
+        """Remember why the worker group stopped (ranks and the first lines of their errors)."""
+        parts = []
+        for rank, exc in sorted(worker_exceptions.items()):
+            text = str(exc).strip().splitlines()
+            parts.append(f"rank {rank}: {type(exc).__name__}" + (f" ({text[-1][:200]})" if text else ""))
+        self._failure = "; ".join(parts) or "the worker group failed"
+
+    def reported(self, workers: int, iteration: int) -> Optional[Dict[str, Any]]:
+        """Account a report from ``workers`` workers; returns the event it makes, if any (also written)."""
+        if workers == self.workers:
+            return None
+        previous, self.workers = self.workers, workers
+        if previous is None:
+            kind, reason = "start", (f"{workers} of [{self.min_workers}, {self.max_workers}] workers fit "
+                                     "when the worker group started")
+        elif workers < previous:
+            self.count += 1
+            kind, reason = "shrink", f"workers lost: {self._failure or 'Ray Train restarted the worker group'}"
+        else:
+            self.count += 1
+            kind, reason = "grow", "capacity returned: Ray Train's elastic policy found room for more workers"
+        self._failure = None
+        sizes = f"{previous} -> {workers}" if previous is not None else f"{workers}"
+        event = {"event": kind, "iter": iteration, "workers": workers, "previous": previous, "reason": reason,
+                 "time": time.time(),
+                 "message": f"workers: {sizes} of [{self.min_workers}, {self.max_workers}] at iteration "
+                            f"{iteration} ({reason})"}
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        return event

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from rayseg.engine.best import BestScore
 from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_train_state, unwrap
+from rayseg.engine.elastic import loss_weight, micro_batch_sizes
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.hooks import HookList, HookRunner
 from rayseg.engine.precision import precision_settings
@@ -88,6 +89,23 @@ class _BatchStream:
             batch_size=batch_size, drop_last=True, device=device, pin_memory=device.type == "cuda",
             dtypes={"img": torch.uint8, "gt_semantic_seg": torch.uint8}))
         self._first_timeout = first_batch_timeout_s
+        self._held: Optional[Dict[str, torch.Tensor]] = None  # rows of a batch that ``take`` has not used yet
+
+    def take(self, rows: int, iteration: int) -> Dict[str, torch.Tensor]:
+        """The next ``rows`` rows, whatever the stream's batch size (elastic micro-batches vary by one)."""
+        parts = []
+        while rows > 0:
+            if self._held is None:
+                self._held = self.next(iteration)
+            held = self._held
+            have = len(held["img"])
+            use = min(rows, have)
+            parts.append({k: v[:use] for k, v in held.items()})
+            self._held = {k: v[use:] for k, v in held.items()} if use < have else None
+            rows -= use
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def next(self, iteration: int) -> Dict[str, torch.Tensor]:
         try:
@@ -288,7 +306,14 @@ def _train(config: Dict[str, Any]) -> None:
     momentum = build_momentum_schedule(spec.optim.momentum_config, max_iters, spec.optim.iters_per_epoch)
 
     normalizer = DeviceNormalizer.from_pipeline(spec.data.train_pipeline, device=device)
-    stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device,
+    scaling = spec.scaling
+    spg = spec.data.samples_per_gpu
+    size_field = {"w": world} if scaling.elastic else {}  # the progress line shows the current size
+    if scaling.elastic and restored is not None and rank == 0 and restored.get("workers") not in (None, world):
+        say(f"Resized from {restored['workers']} to {world} workers; the global batch stays "
+            f"{spg * scaling.num_workers} ({len(micro_batch_sizes(spg, scaling.num_workers, world, 0, 0))} "
+            f"micro-batch(es) per worker per iteration)")
+    stream = _BatchStream(ray.train.get_dataset_shard("train"), spg, device,
                           first_batch_timeout_s=spec.data.first_batch_timeout_s)
     val_shard = ray.train.get_dataset_shard("val") if evaluation.interval else None
     val_normalizer = (DeviceNormalizer.from_pipeline(spec.data.val_pipeline, device=device)
@@ -314,10 +339,16 @@ def _train(config: Dict[str, Any]) -> None:
         if momentum is not None:
             momentum.apply(optimizer, it)
         hooks.call("before_train_iter", it)
-        batch = stream.next(it)
-        img = normalizer(batch["img"])
-        seg = batch["gt_semantic_seg"].long()
-        losses = step(img, seg, it + 1)
+        if world == scaling.num_workers:
+            batch = stream.next(it)
+            losses = step(normalizer(batch["img"]), batch["gt_semantic_seg"].long(), it + 1)
+        else:  # elastic, below MAX workers: the global batch in micro-batches (rayseg.engine.elastic)
+            micro = []
+            for size in micro_batch_sizes(spg, scaling.num_workers, world, rank, it):
+                batch = stream.take(size, it)
+                micro.append((normalizer(batch["img"]), batch["gt_semantic_seg"].long(),
+                              loss_weight(size, spg, scaling.num_workers, world)))
+            losses = step.accumulate(micro, it + 1)
         if losses is not None:
             for k, v in losses.items():
                 sums[k] += v
@@ -331,7 +362,7 @@ def _train(config: Dict[str, Any]) -> None:
         is_ckpt = done % ckpt_interval == 0 or done == max_iters
         step_seconds = time.perf_counter() - step_tic  # data wait + step; validation and reports excluded
         if not (is_log or is_eval or is_ckpt):
-            progress.iteration(done, step_seconds)
+            progress.iteration(done, step_seconds, **size_field)
             continue
 
         elapsed = time.perf_counter() - tic
@@ -342,12 +373,15 @@ def _train(config: Dict[str, Any]) -> None:
             metrics["skipped_steps"] = step.skipped
         sec_per_iter = elapsed / max(1, iters_timed)
         metrics["time"] = sec_per_iter
+        if scaling.elastic:
+            metrics["workers"] = world  # the worker count over time; the driver turns changes into events
         if progress.enabled:
-            progress.iteration(done, step_seconds, force=True, log=is_log, loss=metrics.get("loss"))
+            progress.iteration(done, step_seconds, force=True, log=is_log, loss=metrics.get("loss"), **size_field)
         elif rank == 0:
             loss_txt = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if "loss" in k or "acc" in k)
             console(f"Iter [{done}/{max_iters}]  lr: {lr:.3e}, eta: {_format_eta(sec_per_iter * (max_iters - done))}, "
-                    f"time: {sec_per_iter:.3f}s/it, {loss_txt}")
+                    f"time: {sec_per_iter:.3f}s/it, {loss_txt}"
+                    + (f", workers: {world}/{scaling.num_workers}" if scaling.elastic else ""))
         sums.clear()
         count = 0
         if is_eval or done == max_iters:
@@ -382,7 +416,7 @@ def _train(config: Dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:
-                    extra = {"step": step.state_dict()}
+                    extra = {"step": step.state_dict(), "workers": world}
                     if best is not None:
                         extra["best"] = best.state_dict()
                     hooks.call("before_save_checkpoint", it, checkpoint=extra)

@@ -138,8 +138,11 @@ class ProgressState:
     current speed.
     """
 
-    def __init__(self, max_iters: int, start_iter: int = 0, global_batch: int = 1, window: int = 50):
+    def __init__(self, max_iters: int, start_iter: int = 0, global_batch: int = 1, window: int = 50,
+                 max_workers: Optional[int] = None):
         self.max_iters = max_iters
+        self.max_workers = max_workers  # elastic runs: the line shows ``workers: W/MAX``
+        self.workers: Optional[int] = None
         self.iter = start_iter
         self.global_batch = global_batch
         self.window = window
@@ -161,6 +164,8 @@ class ProgressState:
                     self._timed_steps -= self._timed.popleft()[0]
             if event.get("loss") is not None:
                 self.loss = float(event["loss"])
+            if event.get("w") is not None:
+                self.workers = int(event["w"])
         elif kind == "val":
             miou = event.get("mIoU")
             if miou is not None and miou == miou:  # NaN when no class was present
@@ -195,6 +200,8 @@ class ProgressState:
         parts.append(f"eta: {format_duration(self.eta_seconds)}")
         if self.miou is not None:
             parts.append(f"mIoU: {self.miou:.2f}")
+        if self.max_workers is not None and self.workers is not None:
+            parts.append(f"workers: {self.workers}/{self.max_workers}")
         return ", ".join(parts)
 
     def line(self) -> str:
@@ -272,14 +279,15 @@ class TrainingConsole:
     """
 
     def __init__(self, max_iters: int, start_iter: int, global_batch: int, log_file: str,
-                 verbose: Optional[bool] = None, stream: Optional[TextIO] = None, live: Optional[bool] = None):
+                 verbose: Optional[bool] = None, stream: Optional[TextIO] = None, live: Optional[bool] = None,
+                 max_workers: Optional[int] = None):
         self.verbose = verbose_requested(verbose)
         self.stream = stream or sys.stdout
         if live is None:
             live = not self.verbose and _isatty(self.stream)
         self.live = live
         self.log_file = log_file
-        self.state = ProgressState(max_iters, start_iter, global_batch)
+        self.state = ProgressState(max_iters, start_iter, global_batch, max_workers=max_workers)
         self._display: Optional[_Display] = None
         self._dispatcher = _ray_stdstream_dispatcher()
         self._saved = None

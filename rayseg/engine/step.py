@@ -2,8 +2,9 @@
 with optional loss scaling and gradient clipping, and the optimizer update."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -51,16 +52,38 @@ class TrainStep:
 
     def __call__(self, img: torch.Tensor, seg: torch.Tensor, iteration: int) -> Optional[Dict[str, float]]:
         """Train on one batch; returns the losses as floats, or None when the step was skipped."""
-        if self.precision.channels_last:
-            img = img.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast():
-            losses = self.model(img, seg)
-        loss = sum(v for k, v in losses.items() if "loss" in k)
+        return self.accumulate([(img, seg, 1.0)], iteration)
+
+    def accumulate(self, micro_batches: Sequence[Tuple[torch.Tensor, torch.Tensor, float]],
+                   iteration: int) -> Optional[Dict[str, float]]:
+        """One update from several ``(img, seg, weight)`` micro-batches: each mean loss is scaled by its weight
+        before backward and the gradients add up; DDP synchronises them once, on the last micro-batch.
+
+        Every worker must pass the same number of micro-batches (the finiteness vote and SyncBN are
+        collectives). Returns the weight-averaged losses, or None when the step was skipped.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        if not all_workers_finite(loss):
-            return self._non_finite(f"loss is {loss.item()} on at least one worker", iteration)
+        totals: Dict[str, float] = {}
+        weight_sum = sum(w for _, _, w in micro_batches)
+        last = len(micro_batches) - 1
+        for j, (img, seg, weight) in enumerate(micro_batches):
+            if self.precision.channels_last:
+                img = img.contiguous(memory_format=torch.channels_last)
+            with self.precision.autocast():
+                losses = self.model(img, seg)
+            loss = sum(v for k, v in losses.items() if "loss" in k)
+            if not all_workers_finite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._non_finite(f"loss is {loss.item()} on at least one worker", iteration)
+            scaled = loss * weight if weight != 1.0 else loss
+            sync = contextlib.nullcontext() if j == last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            share = weight / weight_sum
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) * share
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * share
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.grad_clip)
@@ -68,7 +91,6 @@ class TrainStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if self.grad_clip:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.grad_clip)
             elif self.skip_nonfinite:
@@ -80,9 +102,7 @@ class TrainStep:
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._non_finite(f"the gradient norm is {norm.item()}", iteration)
             self.optimizer.step()
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out["loss"] = float(loss.detach())
-        return out
+        return totals
 
     def _non_finite(self, what: str, iteration: int) -> None:
         if not self.skip_nonfinite:

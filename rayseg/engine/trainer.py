@@ -100,6 +100,14 @@ def check_cluster_room(spec: RunSpec, total: Dict[str, float], autoscaler_max: O
     return None
 
 
+def _smallest(spec: RunSpec) -> RunSpec:
+    """The run at the fewest workers it may start with: MIN when elastic, else itself."""
+    if not spec.scaling.elastic:
+        return spec
+    return dataclasses.replace(spec, scaling=dataclasses.replace(spec.scaling, num_workers=spec.scaling.min_workers,
+                                                                 min_workers=None))
+
+
 def _check_cluster_room(spec: RunSpec, address: Optional[str]) -> None:
     import ray
 
@@ -109,7 +117,7 @@ def _check_cluster_room(spec: RunSpec, address: Optional[str]) -> None:
         autoscaler_max = ray_state.get_max_resources_from_cluster_config()
     except Exception:  # a private API: without it, judge by the nodes that are there
         autoscaler_max = None
-    warning = check_cluster_room(spec, ray.cluster_resources(), autoscaler_max,
+    warning = check_cluster_room(_smallest(spec), ray.cluster_resources(), autoscaler_max,
                                  address or os.environ.get("RAY_ADDRESS", ""))
     if warning:
         logging.getLogger(__name__).warning(warning)
@@ -140,12 +148,15 @@ class TrainStreamFactory:
         found = latest_checkpoint(self.run_dir, intact=True)  # where the workers' restore starts, too
         start_iter = found[1] if found else self.fallback_iter
         per_iter = self.spec.data.samples_per_gpu * self.spec.scaling.num_workers
-        # One extra batch per worker: Ray's equal split may trim a few rows.
-        rows = (self.spec.max_iters - start_iter + 1) * per_iter
+        # One extra batch per worker: Ray's equal split may trim a few rows. Elastic: one more, since below
+        # MAX workers the workers' shares of an iteration differ by a row or two (rayseg.engine.elastic).
+        rows = (self.spec.max_iters - start_iter + (2 if self.spec.scaling.elastic else 1)) * per_iter
         if self.bad_samples is not None:  # skipped samples leave no row: ask for enough to cover them
             rows = self.bad_samples.stream_rows(rows, len(self.dataset.samples))  # files, not RepeatDataset's times
         stream = build_train_stream(self.dataset, rows, seed=self.spec.seed, start_position=start_iter * per_iter,
                                     num_actors=num_ingest_actors(self.spec), actor_num_cpus=INGEST_ACTOR_CPUS,
+                                    # elastic: start with the actors that fit, up to MAX workers' worth
+                                    min_actors=num_ingest_actors(_smallest(self.spec)),
                                     bad_samples=self.bad_samples)
         return keep_original_errors(stream)
 
@@ -341,7 +352,7 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     if checked.val_set is not None:
         datasets["val"] = keep_original_errors(build_eval_stream(
             checked.val_set, num_actors=max(1, num_val_actors(spec)), actor_num_cpus=INGEST_ACTOR_CPUS,
-            bad_samples=bad_samples))
+            bad_samples=bad_samples, min_actors=1 if spec.scaling.elastic else None))
 
     state = read_run_state(spec.work_dir)
     run = resume_run(spec, state["mlflow_run_id"]) if start_iter and state.get("mlflow_run_id") else start_run(spec)
@@ -356,11 +367,14 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
         failure_config=FailureConfig(max_failures=scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.max_keep),
         callbacks=[TrainLogCallback(spec.log_path, run.tracking_uri if run else None, run.run_id if run else None,
-                                    max_iters=spec.max_iters, run_dir=run_dir, metrics=spec.evaluation.metrics),
+                                    max_iters=spec.max_iters, run_dir=run_dir, metrics=spec.evaluation.metrics,
+                                    worker_range=(scaling.min_workers, scaling.num_workers) if scaling.elastic
+                                    else None),
                    *callbacks])
     class_names = list(checked.train_set.CLASSES) if getattr(checked.train_set, "CLASSES", None) else None
     console = TrainingConsole(spec.max_iters, start_iter, spec.data.samples_per_gpu * scaling.num_workers,
-                              log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG)) if show_progress else None
+                              log_file=os.path.join(spec.work_dir, WORKER_STDERR_LOG),
+                              max_workers=scaling.num_workers if scaling.elastic else None) if show_progress else None
     trainer = interruptible(TorchTrainer, on_stop=(lambda: run.finish("KILLED")) if run is not None else None)(
         train_loop_per_worker,
         torch_config=BoundStoreTorchConfig(),  # its rendezvous store listens on loopback on one node
@@ -371,9 +385,11 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
                            # them no checkpoint of the run's own (which wins after a worker-group restart).
                            "resume_from": resume_from,
                            "bad_samples": bad_samples},  # rank 0 reports its count as a metric
-        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker=scaling.resources_per_worker,
-                                     placement_strategy=scaling.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=(scaling.min_workers, scaling.num_workers) if scaling.elastic else scaling.num_workers,
+            use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker,
+            placement_strategy=scaling.placement_strategy,
+            elastic_resize_monitor_interval_s=scaling.elastic_resize_monitor_interval_s),
         run_config=run_config, datasets=datasets, dataset_config=SegDataConfig(complete=("val",)),
 )
     try:

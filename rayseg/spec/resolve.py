@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from rayseg.errors import ConfigError, DataError
 from rayseg.spec.policy import apply_key_policy, iters_per_epoch
@@ -150,9 +150,7 @@ def _evaluation(cfg: Dict[str, Any], data_val: Optional[Dict[str, Any]]) -> Eval
 
 def _scaling(cfg: Dict[str, Any]) -> ScalingSpec:
     sc = cfg.get("scaling") or {}
-    num_workers = int(sc.get("num_workers", 1))
-    if num_workers < 1:
-        raise ConfigError(f"scaling.num_workers must be at least 1, got {num_workers}")
+    min_workers, num_workers = _worker_range(sc.get("num_workers", 1))
     strategy = sc.get("placement_strategy", "PACK")
     if strategy not in PLACEMENT_STRATEGIES:
         raise ConfigError(f"scaling.placement_strategy: {strategy!r}; use one of {', '.join(PLACEMENT_STRATEGIES)}")
@@ -161,12 +159,38 @@ def _scaling(cfg: Dict[str, Any]) -> ScalingSpec:
         bad = {k: v for k, v in resources.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
         if bad:
             raise ConfigError(f"scaling.resources_per_worker: amounts must be numbers >= 0, got {bad}")
-    max_failures = (cfg.get("failure") or {}).get("max_failures", 0)
+    # Elastic training exists to survive lost nodes, which Ray Train reports as failures: retry by default.
+    max_failures = (cfg.get("failure") or {}).get("max_failures", -1 if min_workers is not None else 0)
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
         raise ConfigError(f"failure.max_failures must be an int (-1: retry forever), got {max_failures!r}")
+    if min_workers is not None and max_failures == 0:
+        raise ConfigError("scaling.num_workers [MIN, MAX] (elastic) continues after a lost node by restarting the "
+                          "workers, which Ray Train counts as a failure; failure.max_failures: 0 forbids that. "
+                          "Leave failure.max_failures out (-1, retry forever) or give it a positive number")
+    interval = sc.get("elastic_resize_monitor_interval_s", 60.0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+        raise ConfigError(f"scaling.elastic_resize_monitor_interval_s must be a number >= 0, got {interval!r}")
     return ScalingSpec(num_workers=num_workers, use_gpu=bool(sc.get("use_gpu", False)),
                        resources_per_worker=dict(resources) if resources else None,
-                       placement_strategy=strategy, max_failures=max_failures)
+                       placement_strategy=strategy, max_failures=max_failures, min_workers=min_workers,
+                       elastic_resize_monitor_interval_s=float(interval))
+
+
+def _worker_range(value: Any) -> Tuple[Optional[int], int]:
+    """``scaling.num_workers``: an int (a fixed size: ``(None, N)``) or ``[MIN, MAX]`` (elastic: ``(MIN, MAX)``)."""
+    def count(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"scaling.num_workers: worker counts must be integers >= 1, got {value!r}")
+        return v
+
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigError(f"scaling.num_workers: give one int or [MIN, MAX], got {value!r}")
+        low, high = count(value[0]), count(value[1])
+        if low > high:
+            raise ConfigError(f"scaling.num_workers: [MIN, MAX] needs MIN <= MAX, got {value!r}")
+        return (low, high) if low < high else (None, high)  # [N, N] is simply N workers
+    return None, count(value)
 
 
 def _tracking(cfg: Dict[str, Any], work_dir: str) -> TrackingSpec:

@@ -90,11 +90,17 @@ class CheckpointSpec:
 class ScalingSpec:
     """``scaling`` and ``failure``: Ray Train's ScalingConfig and FailureConfig."""
 
-    num_workers: int = 1
+    num_workers: int = 1  # elastic: MAX, the size the global batch and the data stream are counted for
     use_gpu: bool = False
     resources_per_worker: Optional[Dict[str, float]] = None
     placement_strategy: str = "PACK"
     max_failures: int = 0
+    min_workers: Optional[int] = None  # elastic (``num_workers: [MIN, MAX]``): MIN; None: a fixed size
+    elastic_resize_monitor_interval_s: float = 60.0  # how often Ray Train looks for room to grow
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None
 
     @property
     def cpus_per_worker(self) -> float:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO_ROOT, free_port
+from conftest import BIN, REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -21,24 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 @pytest.fixture(scope="module")
 def cluster():
     """A head (3 CPUs) and two 1-CPU worker nodes offering ``trainer_slot``, run by tests/simulated_cluster.py."""
-    from conftest import stop_ray_processes
+    from conftest import SimulatedCluster
 
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "simulated_cluster.py"), str(free_port()), "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    line = proc.stdout.readline()  # blocks until every node is up (or the script died)
-    if not line:
-        proc.kill()
-        pytest.fail("the simulated cluster did not start")
-    info = json.loads(line)
+    sim = SimulatedCluster(2)
     try:
-        yield info["address"], info["dashboard"], set(info["worker_node_ids"])
+        yield sim.address, sim.dashboard, set(sim.worker_node_ids)
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        stop_ray_processes(int(info["address"].rsplit(":", 1)[1]))  # anything the script left behind
+        sim.shutdown()
 
 
 def test_job_submit_trains_across_nodes_with_identical_replicas(cluster, demo_data, tmp_path):
