@@ -1,7 +1,6 @@
 """Shared fixtures: one Ray head per test session (loopback only), tiny generated datasets."""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import secrets
@@ -13,7 +12,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional
 
 import pytest
 
@@ -182,50 +180,6 @@ def stop_ray_processes(gcs_port: int, grace: float = 10.0) -> None:
             time.sleep(0.2)
         if not pids:
             return
-
-
-class SimulatedCluster:
-    """A ``ray.cluster_utils.Cluster`` (a head with 3 CPUs and ``num_nodes`` 1-CPU worker nodes offering
-    ``trainer_slot``) run by tests/simulated_cluster.py in its own process; ``remove``/``add`` worker nodes
-    while it runs. ``env``: extra environment for every process of the cluster."""
-
-    def __init__(self, num_nodes: int = 2, env: Optional[Dict[str, str]] = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "simulated_cluster.py"), str(free_port()), str(num_nodes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-        line = self.proc.stdout.readline()  # blocks until every node is up (or the script died)
-        if not line:
-            self.proc.kill()
-            pytest.fail("the simulated cluster did not start")
-        info = json.loads(line)
-        self.address, self.dashboard = info["address"], info["dashboard"]
-        self.worker_node_ids = list(info["worker_node_ids"])
-
-    def _command(self, text: str) -> Dict[str, Any]:
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        assert "error" not in answer, answer
-        return answer
-
-    def remove(self, node_id: str) -> None:
-        """Kill a worker node, as a preempted machine disappears."""
-        self._command(f"remove {node_id}")
-        self.worker_node_ids.remove(node_id)
-
-    def add(self) -> str:
-        """Add a worker node like the first ones; returns its node id."""
-        node_id = self._command("add")["added"]
-        self.worker_node_ids.append(node_id)
-        return node_id
-
-    def shutdown(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        stop_ray_processes(int(self.address.rsplit(":", 1)[1]))  # anything the script left behind
 
 
 class MlflowServer:

@@ -1,6 +1,6 @@
 """Run a ``ray.cluster_utils.Cluster`` (a head and N one-CPU worker nodes on this machine) in its own process.
 
-Tests start it as a subprocess because ``Cluster.shutdown`` resets process-global Ray state (the internal KV
+``SimulatedCluster`` starts this script and drives it (tests and bench/elastic.py use it). Tests start it as a subprocess because ``Cluster.shutdown`` resets process-global Ray state (the internal KV
 client, the recorded cluster address), which would break the test session's own connection to its Ray head.
 
     python tests/simulated_cluster.py DASHBOARD_PORT NUM_WORKER_NODES
@@ -19,8 +19,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+from typing import Any, Callable, Dict, Optional
 
 import ray._private.utils
 from ray.cluster_utils import Cluster
@@ -30,6 +32,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class SimulatedCluster:
+    """A ``ray.cluster_utils.Cluster`` (a head with 3 CPUs and ``num_nodes`` 1-CPU worker nodes offering
+    ``trainer_slot``) run by tests/simulated_cluster.py in its own process; ``remove``/``add`` worker nodes
+    while it runs. ``env``: extra environment for every process of the cluster."""
+
+    def __init__(self, num_nodes: int = 2, env: Optional[Dict[str, str]] = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), str(free_port()), str(num_nodes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        line = self.proc.stdout.readline()  # blocks until every node is up (or the script died)
+        if not line:
+            self.proc.kill()
+            raise RuntimeError("the simulated cluster did not start")
+        info = json.loads(line)
+        self.address, self.dashboard = info["address"], info["dashboard"]
+        self.worker_node_ids = list(info["worker_node_ids"])
+
+    def _command(self, text: str) -> Dict[str, Any]:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        assert "error" not in answer, answer
+        return answer
+
+    def remove(self, node_id: str) -> None:
+        """Kill a worker node, as a preempted machine disappears."""
+        self._command(f"remove {node_id}")
+        self.worker_node_ids.remove(node_id)
+
+    def add(self) -> str:
+        """Add a worker node like the first ones; returns its node id."""
+        node_id = self._command("add")["added"]
+        self.worker_node_ids.append(node_id)
+        return node_id
+
+    def shutdown(self, stop_leftovers: Optional[Callable[[int], None]] = None) -> None:
+        """Close the cluster; ``stop_leftovers(gcs_port)`` then kills any of its processes still running."""
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if stop_leftovers is not None:
+            stop_leftovers(int(self.address.rsplit(":", 1)[1]))  # anything the script left behind
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ import torch
 
 from rayseg.config import load_config
 from rayseg.datasets import build_pipeline
+from rayseg.inference import without_pretrained
 from rayseg.models import build_segmentor
 from rayseg.optim import build_lr_schedule, build_optimizer
 from rayseg.registry import DATASETS, check_kwargs
@@ -41,6 +42,8 @@ ZOO_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "segfor
 ZOO_FOLDERS |= {"nonlocal_net", "danet", "isanet", "point_rend"}  # heads2 group (issue #14)
 ZOO_FOLDERS |= {"mobilenet_v3", "bisenetv2", "bisenetv1"}  # real-time families (issue #14)
 ZOO_FOLDERS |= {"swin", "setr"}  # transformer families (issue #14)
+ZOO_FOLDERS |= {"convnext", "beit"}  # ConvNeXt and BEiT (issue #14)
+ZOO_FOLDERS |= {"stdc"}  # named stdc1_/stdc2_ with no backbone field (NAME_RE's backbone is optional)
 # MMSeg folders named after a backbone or paper whose configs are named after their head: folder -> model in the name
 FOLDER_MODEL = {"hrnet": "fcn", "sem_fpn": "fpn"}
 FOLDER_MODEL.update({"nonlocal_net": "nonlocal", "point_rend": "pointrend"})
@@ -48,6 +51,8 @@ FOLDER_MODEL["mobilenet_v3"] = "lraspp"
 # heads with a label space of their own (STDC's boundary head: boundary or not, 2 classes), not the dataset's
 OWN_CLASSES_HEADS = {"STDCHead"}
 FOLDER_MODEL["swin"] = "upernet"
+FOLDER_MODEL.update(convnext="upernet", beit="upernet")
+FOLDER_MODEL["stdc"] = r"stdc[12]"  # the values are regular expressions (fullmatch): STDC1 or STDC2
 # the name's dataset suffix -> the training set's type (the inner one under a RepeatDataset)
 DATASET_SUFFIX = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", "voc12aug": "PascalVOCDataset",
                   "voc12": "PascalVOCDataset", "camvid": "CamVidDataset",
@@ -61,9 +66,9 @@ DATASET_SUFFIX = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", 
 TEST_SPLIT_DATASET = {"dark": "DarkZurichDataset", "night_driving": "NightDrivingDataset"}
 # MMSeg puts gpus x batch before the crop ("_4x4_512x512_80k_vaihingen") or after it ("_512x512_4x4_20k_
 # coco-stuff10k"); of two AxB groups the crop is the larger one (crops are >= 64x64, gpus x batch <= 16x16).
-NAME_RE = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<backbone>[a-z0-9.-]+)(?:_(?P<misc>[a-z0-9-]+))*?"
+NAME_RE = re.compile(r"^(?P<model>[a-z0-9]+)(?:_(?P<backbone>[a-z0-9.-]+))?(?:_(?P<misc>[a-z0-9-]+))*?"
                      r"(?:_(?P<a1>\d+)x(?P<b1>\d+))?_(?P<a2>\d+)x(?P<b2>\d+)(?:_(?P<a3>\d+)x(?P<b3>\d+))?"
-                     r"_(?P<iters>\d+k?)_(?P<dataset>[a-z0-9_-]+)$")
+                     r"_(?P<iters>\d+k?)(?:_b(?P<total_batch>\d+))?_(?P<dataset>[a-z0-9_-]+)$")
 
 
 def _crop_and_batch(m):
@@ -90,7 +95,9 @@ def test_configs_found():
 
 @lru_cache(maxsize=None)
 def _build_model(model_json: str):
-    cfg = json.loads(model_json)
+    # Zoo configs name pretrained weights (open-mmlab://...): built without them, so nothing is downloaded here;
+    # tests/models/test_zoo_pretrained.py checks that every name resolves to a URL.
+    cfg = without_pretrained(json.loads(model_json))
     try:
         with torch.device("meta"):
             return build_segmentor(cfg)
@@ -176,7 +183,7 @@ def test_zoo_names_match_contents(path):
     if path.parent.name == "unet":  # MMSeg's unet/ folder names the head first: fcn_unet_s5-d16_...
         assert m["backbone"] == "unet" and m["model"] in {"fcn", "pspnet", "deeplabv3"}
     else:
-        assert m["model"] == FOLDER_MODEL.get(path.parent.name, path.parent.name)
+        assert re.fullmatch(FOLDER_MODEL.get(path.parent.name, path.parent.name), m["model"]), m["model"]
     cfg = load_config(path)
     train = _unwrap(cfg["data"]["train"])
     crop, batch = _crop_and_batch(m)
@@ -188,6 +195,8 @@ def test_zoo_names_match_contents(path):
         assert cfg["data"]["test"]["type"] == TEST_SPLIT_DATASET[m["dataset"]]
     if batch is not None:
         assert cfg["data"]["samples_per_gpu"] == batch
+    if m["total_batch"] is not None:  # MMSeg's "_160k_b16_" (SETR on ADE20K): the batch over its 8 GPUs
+        assert cfg["data"]["samples_per_gpu"] * 8 == int(m["total_batch"])
     if m["dataset"] == "voc12aug":
         assert isinstance(train["split"], list) and len(train["split"]) == 2
 

@@ -553,3 +553,24 @@ def test_read_base_configs_are_refused_with_the_alternative(tmp_path):
     """)
     with pytest.raises(ConfigError, match=r"new_style\.py:3: MMEngine.s pure-Python config style .* _base_ = \[\.\.\.\] layout"):
         load_config(path)
+
+
+@pytest.mark.parametrize("version,scope", [("1.x", "mmpretrain"), ("0.x", "mmcls")])
+def test_openmmlab_scopes_are_rayseg_parts(tmp_path, version, scope):
+    """MMSeg's ConvNeXt configs reach mmpretrain's (0.x: mmcls's) backbone through custom_imports and a
+    scoped type name."""
+    base = _path(version, "upernet")
+    path = write(tmp_path, "upernet_convnext.py", f"""
+        _base_ = '{base}'
+        custom_imports = dict(imports=['{scope}.models', 'my_project.parts'], allow_failed_imports=True)
+        model = dict(
+            backbone=dict(_delete_=True, type='{scope}.ConvNeXt', arch='tiny', out_indices=[0, 1, 2, 3],
+                          drop_path_rate=0.4, layer_scale_init_value=1.0, gap_before_final_norm=False),
+            decode_head=dict(in_channels=[96, 192, 384, 768]), auxiliary_head=dict(in_channels=384))
+        """)
+    cfg, report = load_mmseg_config(path)
+    assert cfg["model"]["backbone"]["type"] == "ConvNeXt"
+    assert cfg["custom_imports"] == {"imports": ["my_project.parts"], "allow_failed_imports": True}
+    assert f"{scope}.ConvNeXt is rayseg's ConvNeXt" in report.text()
+    assert f"{scope}.models" in report.text()
+    build_model_checked(cfg["model"])  # rayseg's ConvNeXt takes mmpretrain's arguments

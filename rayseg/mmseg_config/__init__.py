@@ -37,6 +37,7 @@ def load_mmseg_config(path: str, chain: Tuple[str, ...] = ()) -> Tuple[Dict[str,
     cannot be translated: they are in the returned report (ConfigError only for unreadable files)."""
     from rayseg import config as rayseg_config
     from rayseg.mmseg_config import translate_1x
+    from rayseg.mmseg_config.scopes import resolve_scopes
 
     tree = load_tree(path, chain)
     report = Report(source=tree.path, version=detect_version(tree.cfg))
@@ -49,6 +50,7 @@ def load_mmseg_config(path: str, chain: Tuple[str, ...] = ()) -> Tuple[Dict[str,
     else:
         out, consumed = take_0x(tree.cfg, schema, report)
     drop_helpers(tree.cfg, consumed, tree, report.version, schema, report)
+    out = resolve_scopes(out, report)  # mmpretrain.ConvNeXt → ConvNeXt; no custom_imports of mmpretrain
     try:
         out = rayseg_config._plain(out, "")  # tuples → lists; anything else a config cannot hold is an error
     except Exception as exc:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO_ROOT
+from conftest import BIN, REPO_ROOT, stop_ray_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 @pytest.fixture(scope="module")
 def cluster():
     """A head (3 CPUs) and two 1-CPU worker nodes offering ``trainer_slot``, run by tests/simulated_cluster.py."""
-    from conftest import SimulatedCluster
+    from simulated_cluster import SimulatedCluster
 
     sim = SimulatedCluster(2)
     try:
         yield sim.address, sim.dashboard, set(sim.worker_node_ids)
     finally:
-        sim.shutdown()
+        sim.shutdown(stop_ray_processes)
 
 
 def test_job_submit_trains_across_nodes_with_identical_replicas(cluster, demo_data, tmp_path):

@@ -9,6 +9,7 @@ import torch.nn as nn
 import yaml
 
 from rayseg.errors import ConfigError
+from rayseg.inference import without_pretrained
 from rayseg.models import build_head, build_segmentor, uses_sync_bn
 from rayseg.models.heads.aspp_head import ASPPHead, ASPPModule
 from rayseg.models.heads.sep_aspp_head import DepthwiseSeparableASPPHead, DepthwiseSeparableConvModule
@@ -234,7 +235,9 @@ def test_zoo_base_model_yaml_builds(name, head):
     with open(os.path.join(ROOT, "configs", "_base_", "models", f"{name}.yaml")) as f:
         cfg = yaml.safe_load(f)
     model_cfg = cfg["model"]
-    assert uses_sync_bn(model_cfg) and model_cfg["pretrained"] is None
+    # MMSeg's ImageNet weights; built here without them (no network in tests)
+    assert uses_sync_bn(model_cfg) and model_cfg["pretrained"] == "open-mmlab://resnet50_v1c"
+    model_cfg = without_pretrained(model_cfg)
     assert model_cfg["auxiliary_head"]["loss_decode"]["loss_weight"] == 0.4
     assert model_cfg["test_cfg"] == {"mode": "whole"}
     model = build_segmentor(model_cfg).eval()

@@ -1,0 +1,99 @@
+"""Zoo configs start from pretrained backbones as MMSeg's do, without downloading anything here.
+
+- every zoo config names a pretrained source that ``rayseg.models.pretrained`` resolves to a download URL
+  (nothing fetched); the from-scratch configs (demo, CamVid, custom) resolve to none at all;
+- an unreachable URL fails the model build with an error naming the name, the URL and the remedy (the torch hub
+  cache file to copy, or a local path);
+- ``model.pretrained=/local/file.pth`` on the command line (``--cfg-options``) replaces the zoo's name and loads
+  that file (written by the test).
+"""
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayseg.config import load_config
+from rayseg.errors import CheckpointError
+from rayseg.models import build_segmentor
+from rayseg.models import pretrained as pretrained_mod
+from rayseg.models.pretrained import resolve_checkpoint_url
+
+torch.set_num_threads(1)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not {"_base_", "tune"} & set(p.relative_to(CONFIG_DIR).parts))
+# Trained by `make demo`, bench/ and the tests, or meant for a few CPU cores: never download weights.
+SCRATCH_FOLDERS = {"demo", "camvid", "custom"}
+# Families whose MMSeg configs name downloadable ImageNet weights (open-mmlab:// names or release URLs).
+PRETRAINED_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "ocrnet", "sem_fpn",
+                      "danet", "isanet", "nonlocal_net", "point_rend", "mobilenet_v3"}
+LRASPP = CONFIG_DIR / "mobilenet_v3" / "lraspp_m-v3-d8_512x1024_320k_cityscapes.yaml"
+
+
+@pytest.fixture(autouse=True)
+def hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def sources(model_cfg):
+    """Every pretrained name a model config gives: model.pretrained, backbone.pretrained, backbone.init_cfg."""
+    backbone = model_cfg.get("backbone") or {}
+    init_cfg = backbone.get("init_cfg") or {}
+    found = [model_cfg.get("pretrained"), backbone.get("pretrained"), init_cfg.get("checkpoint")]
+    return [s for s in found if s is not None]
+
+
+def scratch(path):
+    return path.parent.name in SCRATCH_FOLDERS or path.stem.endswith("_camvid")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
+def test_zoo_config_names_a_resolvable_pretrained_source(path):
+    names = sources(load_config(path)["model"])
+    if scratch(path):
+        assert names == [], f"{path.name} trains from scratch"
+        return
+    if path.parent.name in PRETRAINED_FOLDERS:
+        assert names, f"{path.name}: MMSeg starts this family from pretrained weights"
+    for name in names:
+        url = resolve_checkpoint_url(name)  # no download: only the name is looked up
+        assert url is not None and url.startswith("https://"), (name, url)
+
+
+def test_hr48_and_mobilenet_v3_small_name_their_own_weights():
+    hr48 = load_config(CONFIG_DIR / "hrnet" / "fcn_hr48_512x1024_40k_cityscapes.yaml")["model"]
+    assert hr48["pretrained"] == "open-mmlab://msra/hrnetv2_w48"
+    small = load_config(CONFIG_DIR / "mobilenet_v3" / "lraspp_m-v3s-d8_512x1024_320k_cityscapes.yaml")["model"]
+    assert resolve_checkpoint_url(small["pretrained"]).endswith("mobilenet_v3_small-47085aa1.pth")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_pretrained_url_fails_the_build_naming_it_and_the_remedy(monkeypatch, hub_cache):
+    """The LR-ASPP zoo config as it is, with its open-mmlab:// name pointed at a closed local port (no network)."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    url = f"http://127.0.0.1:{closed_port()}/mobilenet_v3_large-bc2c3fd3.pth"
+    monkeypatch.setitem(pretrained_mod.OPEN_MMLAB_URLS, "contrib/mobilenet_v3_large", url)
+    cfg = load_config(LRASPP)
+    with pytest.raises(CheckpointError) as info:
+        build_segmentor(cfg["model"])
+    text = str(info.value)
+    assert "open-mmlab://contrib/mobilenet_v3_large" in text and url in text
+    assert f"copy the file to {hub_cache / 'mobilenet_v3_large-bc2c3fd3.pth'}" in text
+    assert "model.pretrained=/path/to/file.pth" in text
+
+
+def test_cfg_option_local_pretrained_file_replaces_the_zoo_name(tmp_path):
+    base = build_segmentor(load_config(LRASPP, ["model.pretrained=null"])["model"]).backbone.state_dict()
+    marked = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in base.items()}
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": marked}, path)
+    cfg = load_config(LRASPP, [f"model.pretrained={path}"])
+    assert cfg["model"]["pretrained"] == str(path)
+    got = build_segmentor(cfg["model"]).backbone.state_dict()
+    assert all(torch.equal(got[k], marked[k]) for k in marked)
