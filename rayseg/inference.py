@@ -48,19 +48,12 @@ def inference_device(use_gpu: bool) -> torch.device:
 
 
 def without_pretrained(model_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The model config with backbone pretraining switched off (as MMSeg's init_segmentor does): the
-    checkpoint overwrites those weights, so fetching them would only cost a download."""
-    model_cfg = copy.deepcopy(model_cfg)
-    if "pretrained" in model_cfg:
-        model_cfg["pretrained"] = None
-    backbone = model_cfg.get("backbone")
-    if isinstance(backbone, dict):
-        if "pretrained" in backbone:
-            backbone["pretrained"] = None
-        init_cfg = backbone.get("init_cfg")
-        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
-            backbone["init_cfg"] = None
-    return model_cfg
+    """The model config with pretraining switched off (as MMSeg's init_segmentor does): the checkpoint
+    overwrites those weights, so fetching them would only cost a download. Every ``pretrained`` and every
+    Pretrained ``init_cfg`` goes, at any depth (STDC's and BiSeNetV1's inner ``backbone_cfg`` too)."""
+    from rayseg.models.pretrained import strip_pretrained
+
+    return strip_pretrained(copy.deepcopy(model_cfg))
 
 
 def classes_and_palette(cfg: Dict[str, Any], meta: Dict[str, Any],

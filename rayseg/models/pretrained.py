@@ -160,9 +160,53 @@ def select_prefix(state: Dict[str, torch.Tensor], prefix: str, source: str) -> D
     return selected
 
 
+# Local files MMSeg's configs name (``pretrain/...``): converted from a release by MMSeg's
+# tools/model_converters; here by jobs/convert_weights.py, which renames the keys the same way.
+LOCAL_PRETRAINED: Dict[str, str] = {
+    "beit_base_patch16_224_pt22k_ft22k.pth":
+        "Microsoft's BEiT release https://conversationhub.blob.core.windows.net/beit-share-public/beit/"
+        "beit_base_patch16_224_pt22k_ft22k.pth converted with "
+        "`python jobs/convert_weights.py beit SRC pretrain/beit_base_patch16_224_pt22k_ft22k.pth`",
+    "beit_large_patch16_224_pt22k_ft22k.pth":
+        "Microsoft's BEiT release https://conversationhub.blob.core.windows.net/beit-share-public/beit/"
+        "beit_large_patch16_224_pt22k_ft22k.pth converted with "
+        "`python jobs/convert_weights.py beit SRC pretrain/beit_large_patch16_224_pt22k_ft22k.pth`",
+    "jx_vit_large_p16_384-b3be5167.pth":
+        "timm's ViT-L/16 at 384² https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+        "jx_vit_large_p16_384-b3be5167.pth converted with "
+        "`python jobs/convert_weights.py vit SRC pretrain/jx_vit_large_p16_384-b3be5167.pth`",
+    "vit_large_p16.pth":
+        "timm's ViT-L/16 at 384² https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+        "jx_vit_large_p16_384-b3be5167.pth converted with "
+        "`python jobs/convert_weights.py vit SRC pretrain/vit_large_p16.pth`",
+}
+LOCAL_PRETRAINED.update({
+    f"mit_b{i}.pth": f"NVIDIA's SegFormer ImageNet mit_b{i}.pth converted with "
+                     f"`python jobs/convert_weights.py mit SRC pretrain/mit_b{i}.pth` (or use MMSeg 1.x's "
+                     f"release URL, as the zoo configs do)" for i in range(6)})
+
+
+def local_pretrained_hint(name: str) -> str:
+    """How to make the local pretrained file ``name`` (one MMSeg's configs name), or a generic remedy."""
+    how = LOCAL_PRETRAINED.get(os.path.basename(str(name)))
+    if how:
+        return f"it is {how} (relative paths are read from the working directory)"
+    return "give an existing path, a URL or a model-zoo name, or null to train from scratch"
+
+
+def _check_local_file(name: str) -> None:
+    """A missing local checkpoint is an error saying how to make it (MMSeg's ``pretrain/...`` files)."""
+    if isinstance(name, str) and not is_storage_uri(name) and resolve_checkpoint_url(name) is None:
+        local = os.path.expanduser(name)
+        if not os.path.exists(local):
+            raise CheckpointError(f"checkpoint file not found: {name}; {local_pretrained_hint(name)}")
+
+
 def _is_norm_counter(key: str) -> bool:
-    # BatchNorm's step counter: absent from old checkpoints and unused by training, so never reported.
-    return key.endswith("num_batches_tracked")
+    # BatchNorm's step counter: absent from old checkpoints and unused by training, so never reported; likewise
+    # the relative position index buffers a transformer computes from its own grid (BEiT/Swin drop the
+    # checkpoint's on load, as MMSeg's).
+    return key.endswith("num_batches_tracked") or key.endswith("relative_position_index")
 
 
 def compare_keys(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]
@@ -192,9 +236,15 @@ def load_pretrained_weights(module: nn.Module, checkpoint: str, prefix: Optional
     keys are reported with ``warnings.warn``; a shape mismatch is a ``CheckpointError`` naming the
     keys, since silently keeping random weights there would waste a training run.
     """
+    _check_local_file(checkpoint)
     state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
     if prefix:
         state = select_prefix(state, prefix, checkpoint)
+    adapt = getattr(module, "adapt_pretrained_state", None)
+    if callable(adapt):
+        # A backbone that reshapes what it loads as MMSeg's does (ViT's pos_embed, BEiT's relative position
+        # bias tables, pretrained at 224² or 384² and loaded into a model of another size).
+        state = adapt(dict(state))
     own = module.state_dict()
     if not hasattr(module, "fc"):
         # An ImageNet classifier's head (torchvision ``fc.*``) has no place in a backbone: dropping it
@@ -214,3 +264,52 @@ def load_pretrained_weights(module: nn.Module, checkpoint: str, prefix: Optional
         warnings.warn(f"{checkpoint} loaded into {type(module).__name__} with mismatched keys: "
                       f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}", stacklevel=3)
     module.load_state_dict(state, strict=False)
+
+
+def _is_pretrained_init(init_cfg: Any) -> bool:
+    return isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained"
+
+
+def pretrained_sources(cfg: Any, where: str = "model") -> List[Tuple[str, Any]]:
+    """Every ``(key path, checkpoint)`` a model config names, at any depth: each ``pretrained`` that is set
+    and each ``init_cfg: {type: Pretrained, checkpoint}`` (also inside an ``init_cfg`` list), e.g.
+    ``model.backbone.backbone_cfg.init_cfg.checkpoint`` for STDC's and BiSeNetV1's inner backbones."""
+    found: List[Tuple[str, Any]] = []
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            path = f"{where}.{key}"
+            if key == "pretrained" and value is not None:
+                found.append((path, value))
+            elif key == "init_cfg":
+                inits = value if isinstance(value, list) else [value]
+                for i, init in enumerate(inits):
+                    if _is_pretrained_init(init):
+                        found.append((f"{path}[{i}].checkpoint" if isinstance(value, list) else f"{path}.checkpoint",
+                                      init.get("checkpoint")))
+            else:
+                found.extend(pretrained_sources(value, path))
+    elif isinstance(cfg, list):
+        for i, item in enumerate(cfg):
+            found.extend(pretrained_sources(item, f"{where}[{i}]"))
+    return found
+
+
+def strip_pretrained(cfg: Any) -> Any:
+    """A copy of a model config with every ``pretrained`` set to None and every Pretrained ``init_cfg`` removed,
+    at any depth (an inner ``backbone_cfg`` too); other ``init_cfg`` entries are kept."""
+    if isinstance(cfg, list):
+        return [strip_pretrained(item) for item in cfg]
+    if not isinstance(cfg, dict):
+        return cfg
+    out = {}
+    for key, value in cfg.items():
+        if key == "pretrained":
+            out[key] = None
+        elif key == "init_cfg" and _is_pretrained_init(value):
+            out[key] = None
+        elif key == "init_cfg" and isinstance(value, list):
+            kept = [strip_pretrained(v) for v in value if not _is_pretrained_init(v)]
+            out[key] = kept or None
+        else:
+            out[key] = strip_pretrained(value)
+    return out

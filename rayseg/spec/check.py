@@ -37,19 +37,14 @@ def _at(where: str, fn: Callable[[], Any]) -> Any:
 
 
 def _without_pretrained(model_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The model config with backbone pretraining off (the check must not download or read weights); a
+    """The model config with pretraining off at every depth (the check must not download or read weights); a
     local pretrained file that does not exist is an error now rather than in every worker later."""
     from rayseg.inference import without_pretrained
+    from rayseg.models.pretrained import local_pretrained_hint, pretrained_sources
 
-    backbone = model_cfg.get("backbone") if isinstance(model_cfg.get("backbone"), dict) else {}
-    init_cfg = backbone.get("init_cfg") if isinstance(backbone.get("init_cfg"), dict) else {}
-    sources = [("model.pretrained", model_cfg.get("pretrained")),
-               ("model.backbone.pretrained", backbone.get("pretrained"))]
-    if init_cfg.get("type") == "Pretrained":
-        sources.append(("model.backbone.init_cfg.checkpoint", init_cfg.get("checkpoint")))
-    for where, source in sources:
+    for where, source in pretrained_sources(model_cfg):
         if isinstance(source, str) and "://" not in source and not os.path.isfile(os.path.expanduser(source)):
-            raise ConfigError(f"{where}: checkpoint file not found: {source}")
+            raise ConfigError(f"{where}: checkpoint file not found: {source}; {local_pretrained_hint(source)}")
     return without_pretrained(model_cfg)
 
 

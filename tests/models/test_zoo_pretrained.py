@@ -1,7 +1,9 @@
 """Zoo configs start from pretrained backbones as MMSeg's do, without downloading anything here.
 
-- every zoo config names a pretrained source that ``rayseg.models.pretrained`` resolves to a download URL
-  (nothing fetched); the from-scratch configs (demo, CamVid, custom) resolve to none at all;
+- every zoo config names the pretrained source MMSeg's does, a name ``rayseg.models.pretrained`` resolves to a
+  download URL (nothing fetched); the families MMSeg trains from scratch (BiSeNetV2, UNet, the plain BiSeNetV1 and
+  STDC configs), rayseg's own demo/CamVid/custom configs, and BEiT and SETR (MMSeg names local converted files,
+  ``pretrain/...``, which the job check requires to exist) name none;
 - an unreachable URL fails the model build with an error naming the name, the URL and the remedy (the torch hub
   cache file to copy, or a local path);
 - ``model.pretrained=/local/file.pth`` on the command line (``--cfg-options``) replaces the zoo's name and loads
@@ -17,18 +19,21 @@ from rayseg.config import load_config
 from rayseg.errors import CheckpointError
 from rayseg.models import build_segmentor
 from rayseg.models import pretrained as pretrained_mod
-from rayseg.models.pretrained import resolve_checkpoint_url
+from rayseg.models.pretrained import LOCAL_PRETRAINED, pretrained_sources, resolve_checkpoint_url
 
 torch.set_num_threads(1)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not {"_base_", "tune"} & set(p.relative_to(CONFIG_DIR).parts))
 # Trained by `make demo`, bench/ and the tests, or meant for a few CPU cores: never download weights.
 SCRATCH_FOLDERS = {"demo", "camvid", "custom"}
-# Families whose MMSeg configs name downloadable ImageNet weights (open-mmlab:// names or release URLs).
-PRETRAINED_FOLDERS = {"fcn", "pspnet", "deeplabv3", "deeplabv3plus", "upernet", "hrnet", "ocrnet", "sem_fpn",
-                      "danet", "isanet", "nonlocal_net", "point_rend", "mobilenet_v3"}
+# Families MMSeg itself trains from scratch (no pretrained weights in its configs).
+MMSEG_SCRATCH_FOLDERS = {"bisenetv2", "unet"}
+# Folders whose plain configs MMSeg trains from scratch and whose "in1k-pre" ones start from ImageNet weights.
+IN1K_PRE_FOLDERS = {"bisenetv1", "stdc"}
+# MMSeg names local converted files (BEiT: model.pretrained, SETR: backbone.init_cfg, ``pretrain/...``); the job
+# check (print_config, train) refuses a missing local file, so these configs leave them out and say how to make them.
+LOCAL_FOLDERS = {"beit", "setr"}
 LRASPP = CONFIG_DIR / "mobilenet_v3" / "lraspp_m-v3-d8_512x1024_320k_cityscapes.yaml"
-
 
 @pytest.fixture(autouse=True)
 def hub_cache(tmp_path, monkeypatch):
@@ -37,28 +42,48 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def sources(model_cfg):
-    """Every pretrained name a model config gives: model.pretrained, backbone.pretrained, backbone.init_cfg."""
-    backbone = model_cfg.get("backbone") or {}
-    init_cfg = backbone.get("init_cfg") or {}
-    found = [model_cfg.get("pretrained"), backbone.get("pretrained"), init_cfg.get("checkpoint")]
-    return [s for s in found if s is not None]
+    """Every pretrained name a model config gives, at any depth (STDC's and BiSeNetV1's inner backbone too)."""
+    return [source for _, source in pretrained_sources(model_cfg)]
 
 
 def scratch(path):
-    return path.parent.name in SCRATCH_FOLDERS or path.stem.endswith("_camvid")
+    """Configs that must name no weights: rayseg's own, and those MMSeg trains from scratch."""
+    folder = path.parent.name
+    if folder in SCRATCH_FOLDERS | MMSEG_SCRATCH_FOLDERS | LOCAL_FOLDERS or path.stem.endswith("_camvid"):
+        return True
+    return folder in IN1K_PRE_FOLDERS and "in1k-pre" not in path.stem
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
-def test_zoo_config_names_a_resolvable_pretrained_source(path):
+def test_zoo_config_names_mmseg_pretrained_source(path):
     names = sources(load_config(path)["model"])
     if scratch(path):
-        assert names == [], f"{path.name} trains from scratch"
+        assert names == [], f"{path.name} trains from scratch, as MMSeg's"
         return
-    if path.parent.name in PRETRAINED_FOLDERS:
-        assert names, f"{path.name}: MMSeg starts this family from pretrained weights"
+    assert names, f"{path.name}: MMSeg starts this family from pretrained weights"
     for name in names:
         url = resolve_checkpoint_url(name)  # no download: only the name is looked up
         assert url is not None and url.startswith("https://"), (name, url)
+
+
+def test_in1k_pre_configs_load_the_inner_backbone():
+    stdc = load_config(CONFIG_DIR / "stdc" / "stdc2_in1k-pre_512x1024_80k_cityscapes.yaml")["model"]["backbone"]
+    assert stdc["backbone_cfg"]["stdc_type"] == "STDCNet2"
+    assert stdc["backbone_cfg"]["init_cfg"]["checkpoint"].endswith("/stdc2_20220308-7dbd9127.pth")
+    bisenet = load_config(CONFIG_DIR / "bisenetv1" / "bisenetv1_r18-d32_in1k-pre_4x4_1024x1024_160k_cityscapes.yaml")
+    init = bisenet["model"]["backbone"]["backbone_cfg"]["init_cfg"]
+    assert init == {"type": "Pretrained", "checkpoint": "open-mmlab://resnet18_v1c"}
+
+
+def test_swin_base_names_its_own_weights():
+    base = load_config(CONFIG_DIR / "swin" / "upernet_swin_base_patch4_window12_512x512_160k_ade20k.yaml")["model"]
+    assert sources(base) == ["https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
+                             "swin_base_patch4_window12_384_20220317-55b0104a.pth"]
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224_pt22k_ft22k.pth", "vit_large_p16.pth"])
+def test_local_files_mmseg_names_say_how_to_make_them(name):
+    assert "jobs/convert_weights.py" in LOCAL_PRETRAINED[name] and f"pretrain/{name}" in LOCAL_PRETRAINED[name]
 
 
 def test_hr48_and_mobilenet_v3_small_name_their_own_weights():

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 
-from rayseg.errors import ConfigError
+from rayseg.errors import CheckpointError, ConfigError
 from rayseg.models.backbones.base import BaseBackbone
 from rayseg.models.backbones.vit import ViTPatchEmbed
 from rayseg.models.utils import build_activation_layer, build_norm_layer
@@ -126,6 +127,39 @@ class BEiTLayer(nn.Module):
         return x + self.drop_path(self.gamma_2 * self.ffn(self.ln2(x)))
 
 
+def geometric_sequence_interpolation(src_size: int, dst_size: int, table: torch.Tensor) -> torch.Tensor:
+    """MMSeg's ``BEiT._geometric_sequence_interpolation``: a ``(src_size², heads)`` relative position bias table
+    resampled to ``(dst_size², heads)`` by bicubic interpolation on offsets that grow geometrically away from the
+    centre (the centre keeps its spacing, the edges stretch). MMSeg calls scipy's ``interp2d(kind='cubic')``,
+    gone from scipy 1.14; on a grid that is the same spline as ``RectBivariateSpline(kx=ky=3, s=0)``, evaluated
+    at coordinates clamped to the source range (interp2d's nearest extrapolation)."""
+    from scipy.interpolate import RectBivariateSpline  # only a pretrained BEiT of another size needs scipy
+
+    def geometric_progression(a: float, r: float, n: int) -> float:
+        return a * (1.0 - r ** n) / (1.0 - r)
+
+    left, right = 1.01, 1.5  # bisection for the ratio whose src_size // 2 steps span dst_size // 2
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if geometric_progression(1, q, src_size // 2) > dst_size // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1.0
+    for i in range(src_size // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    coords = np.array([-d for d in reversed(dis)] + [0] + dis)
+    t = dst_size // 2.0
+    dst = np.clip(np.arange(-t, t + 0.1, 1.0), coords[0], coords[-1])
+    columns = []
+    for i in range(table.shape[1]):
+        z = table[:, i].view(src_size, src_size).float().numpy()
+        spline = RectBivariateSpline(coords, coords, z, kx=3, ky=3, s=0)  # z[row=y, col=x], as interp2d's
+        columns.append(torch.as_tensor(spline(dst, dst), dtype=torch.float32).reshape(-1, 1))
+    return torch.cat(columns, dim=-1).to(table)
+
+
 @BACKBONES.register()
 class BEiT(BaseBackbone):
     """BEiT (MMSeg arguments): one stride-``patch_size`` token map; returns the layers in ``out_indices``
@@ -199,6 +233,27 @@ class BEiT(BaseBackbone):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def adapt_pretrained_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """As MMSeg's ``BEiT.resize_rel_pos_embed`` on load: the ``relative_position_index`` buffers are dropped
+        (each model builds its own) and bias tables of another grid (BEiT's 224² release, 14×14) are resampled
+        to this model's (640²: 40×40) by ``geometric_sequence_interpolation``; the three class-token rows stay."""
+        own = self.state_dict()
+        for key in list(state):
+            if "relative_position_index" in key:
+                state.pop(key)
+            elif "relative_position_bias_table" in key and key in own:
+                table = state[key]
+                dst_num_pos = own[key].shape[0]
+                if self.window_size[0] != self.window_size[1]:
+                    raise CheckpointError(f"BEiT: resizing {key} needs a square token grid, got {self.window_size}")
+                extra = dst_num_pos - (2 * self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
+                src_size = int((table.shape[0] - extra) ** 0.5)
+                dst_size = int((dst_num_pos - extra) ** 0.5)
+                if src_size != dst_size:
+                    resized = geometric_sequence_interpolation(src_size, dst_size, table[:-extra])
+                    state[key] = torch.cat((resized, table[-extra:]), dim=0)
+        return state
 
     def train(self, mode: bool = True) -> "BEiT":
         super().train(mode)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from rayseg.errors import ConfigError
 from rayseg.models.backbones.base import BaseBackbone
-from rayseg.models.backbones.stdc import AttentionRefinementModule
+from rayseg.models.backbones.stdc import AttentionRefinementModule, init_layers_except
 from rayseg.models.utils import ConvModule, resize
 from rayseg.registry import BACKBONES, build
 
@@ -111,8 +111,12 @@ class BiSeNetV1(BaseBackbone):
         self.spatial_path = SpatialPath(in_channels, spatial_channels)
         self.ffm = FeatureFusionModule(context_channels[1], out_channels)
         # MMSeg's BiSeNetV1 has no init of its own: its layers keep mmcv's ConvModule init (Kaiming, unit norms),
-        # which BaseBackbone's default init is; the inner backbone has initialised itself.
+        # which BaseBackbone's default init is; the inner backbone has initialised itself (and loaded its own
+        # init_cfg, e.g. the in1k-pre configs' open-mmlab://resnet18_v1c), so _init_layers leaves it alone.
         self.init_weights()
+
+    def _init_layers(self) -> None:
+        init_layers_except(self, self.context_path.backbone)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x_context8, x_context16 = self.context_path(x)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from rayseg.errors import ConfigError
 from rayseg.models.backbones.base import BaseBackbone
-from rayseg.models.utils import ConvModule, resize
+from rayseg.models.utils import ConvModule, constant_init, kaiming_init, resize
 from rayseg.registry import BACKBONES, build
 
 
@@ -106,6 +106,22 @@ class FeatureFusionModule(nn.Module):
         return x * self.attention(x) + x
 
 
+def init_layers_except(module: nn.Module, inner: nn.Module) -> None:
+    """``BaseBackbone``'s default init (Kaiming convs, unit norms) on every layer of ``module`` outside ``inner``.
+
+    A backbone wrapping another (STDC's context path, BiSeNetV1) must not re-initialise the inner one: it
+    initialised itself when built and may have loaded pretrained weights through its own ``init_cfg``, which
+    MMSeg honours (mmengine initialises each child by its own ``init_cfg``)."""
+    skip = {id(m) for m in inner.modules()}
+    for m in module.modules():
+        if id(m) in skip:
+            continue
+        if isinstance(m, nn.Conv2d):
+            kaiming_init(m)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            constant_init(m, 1)
+
+
 @BACKBONES.register()
 class STDCNet(BaseBackbone):
     """STDCNet1 / STDCNet2 (MMSeg arguments). Outputs the last three stages (strides 8, 16, 32, channels
@@ -183,6 +199,11 @@ class STDCContextPathNet(BaseBackbone):
         first = getattr(self.backbone, "out_channels", [None])[0]
         self.out_channels = [first, out_channels, out_channels, ffm_cfg["out_channels"]]
         self.init_weights()  # MMSeg's defaults (Kaiming convs, unit norms), then pretrained / init_cfg
+
+    def _init_layers(self) -> None:
+        """The default init of the context path only: the inner STDCNet initialised itself (and loaded its own
+        ``init_cfg``, as MMSeg's in1k-pre configs give it) when it was built."""
+        init_layers_except(self, self.backbone)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = list(self.backbone(x))

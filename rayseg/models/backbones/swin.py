@@ -317,6 +317,19 @@ class SwinTransformer(BaseBackbone):
             elif isinstance(m, WindowMSA):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
+    def adapt_pretrained_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """As MMSeg's ``SwinTransformer.init_weights``: a ``backbone.`` prefix is dropped and bias tables of
+        another window size are resized (bicubic, per head) to this model's."""
+        state = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state.items()}
+        own = self.state_dict()
+        for key in [k for k in state if "relative_position_bias_table" in k and k in own]:
+            (l1, h1), (l2, h2) = state[key].shape, own[key].shape
+            if h1 == h2 and l1 != l2:
+                s1, s2 = int(l1 ** 0.5), int(l2 ** 0.5)
+                table = state[key].permute(1, 0).reshape(1, h1, s1, s1)
+                state[key] = F.interpolate(table, size=(s2, s2), mode="bicubic").view(h2, l2).permute(1, 0).contiguous()
+        return state
+
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0:
             self._freeze(self.patch_embed, self.drop_after_pos)

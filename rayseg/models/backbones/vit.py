@@ -11,13 +11,14 @@ ViT sizes (embed_dims / num_layers / num_heads): B-16 768/12/12, L-16 1024/24/16
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
-from rayseg.errors import ConfigError
+from rayseg.errors import CheckpointError, ConfigError
 from rayseg.models.backbones.base import BaseBackbone
 from rayseg.models.backbones.swin import SwinFFN, _pad_corner
 from rayseg.models.utils import build_norm_layer, resize
@@ -185,6 +186,20 @@ class VisionTransformer(BaseBackbone):
                 if isinstance(m, nn.LayerNorm):
                     m.eval()
         return self
+
+    def adapt_pretrained_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """As MMSeg's ``VisionTransformer.init_weights``: a pretrained ``pos_embed`` of another grid (e.g. timm's
+        ViT-L/16 at 384², 24×24) is resized to this model's ``img_size // patch_size`` grid before loading."""
+        pos = state.get("pos_embed")
+        if pos is not None and tuple(pos.shape) != tuple(self.pos_embed.shape):
+            pos_size = int(math.sqrt(pos.shape[1] - 1))
+            if pos.dim() != 3 or pos_size * pos_size + 1 != pos.shape[1]:
+                raise CheckpointError(f"VisionTransformer: pretrained pos_embed {tuple(pos.shape)} is not a square "
+                                      f"grid plus a class token")
+            h, w = self.img_size
+            state["pos_embed"] = self.resize_pos_embed(pos, (h // self.patch_size, w // self.patch_size),
+                                                       (pos_size, pos_size), self.interpolate_mode)
+        return state
 
     @staticmethod
     def resize_pos_embed(pos_embed: torch.Tensor, input_shape: Tuple[int, int], pos_shape: Tuple[int, int],
