@@ -2,8 +2,8 @@
 
 - every zoo config names the pretrained source MMSeg's does, a name ``rayseg.models.pretrained`` resolves to a
   download URL (nothing fetched); the families MMSeg trains from scratch (BiSeNetV2, UNet, the plain BiSeNetV1 and
-  STDC configs), rayseg's own demo/CamVid/custom configs, and BEiT and SETR (MMSeg names local converted files,
-  ``pretrain/...``, which the job check requires to exist) name none;
+  STDC configs) and rayseg's own demo/CamVid/custom configs name none; BEiT and SETR name MMSeg's local converted
+  files (``pretrain/...``), each one rayseg's missing-file error explains how to make;
 - an unreachable URL fails the model build with an error naming the name, the URL and the remedy (the torch hub
   cache file to copy, or a local path);
 - ``model.pretrained=/local/file.pth`` on the command line (``--cfg-options``) replaces the zoo's name and loads
@@ -30,8 +30,8 @@ SCRATCH_FOLDERS = {"demo", "camvid", "custom"}
 MMSEG_SCRATCH_FOLDERS = {"bisenetv2", "unet"}
 # Folders whose plain configs MMSeg trains from scratch and whose "in1k-pre" ones start from ImageNet weights.
 IN1K_PRE_FOLDERS = {"bisenetv1", "stdc"}
-# MMSeg names local converted files (BEiT: model.pretrained, SETR: backbone.init_cfg, ``pretrain/...``); the job
-# check (print_config, train) refuses a missing local file, so these configs leave them out and say how to make them.
+# MMSeg names local converted files (BEiT: model.pretrained, SETR: backbone.init_cfg, ``pretrain/...``); so do these
+# configs (the job check refuses a missing file, saying how to make it).
 LOCAL_FOLDERS = {"beit", "setr"}
 LRASPP = CONFIG_DIR / "mobilenet_v3" / "lraspp_m-v3-d8_512x1024_320k_cityscapes.yaml"
 
@@ -49,7 +49,7 @@ def sources(model_cfg):
 def scratch(path):
     """Configs that must name no weights: rayseg's own, and those MMSeg trains from scratch."""
     folder = path.parent.name
-    if folder in SCRATCH_FOLDERS | MMSEG_SCRATCH_FOLDERS | LOCAL_FOLDERS or path.stem.endswith("_camvid"):
+    if folder in SCRATCH_FOLDERS | MMSEG_SCRATCH_FOLDERS or path.stem.endswith("_camvid"):
         return True
     return folder in IN1K_PRE_FOLDERS and "in1k-pre" not in path.stem
 
@@ -61,6 +61,9 @@ def test_zoo_config_names_mmseg_pretrained_source(path):
         assert names == [], f"{path.name} trains from scratch, as MMSeg's"
         return
     assert names, f"{path.name}: MMSeg starts this family from pretrained weights"
+    if path.parent.name in LOCAL_FOLDERS:
+        assert all(n.startswith("pretrain/") and Path(n).name in LOCAL_PRETRAINED for n in names), names
+        return
     for name in names:
         url = resolve_checkpoint_url(name)  # no download: only the name is looked up
         assert url is not None and url.startswith("https://"), (name, url)
