@@ -6,7 +6,8 @@ Both sides run CamVid's training split through the CamVid config's training pipe
 resize, crop, flip, photometric distortion, pad; Normalize is left to the device, as in training) and hand
 uint8 torch batches of ``--batch`` to a consumer in this process, with ``--procs`` processes doing the work:
 
-    ray_data   : rayseg.datasets.ray_data.build_train_stream (read tasks + --procs decode/augment actors),
+    ray_data   : rayseg.datasets.ray_data.build_train_stream (read tasks + --procs decode/augment actors; with
+                 --cache-decoded auto|true, training's default, samples decoded once into the object store),
                  iter_torch_batches, on a local Ray started with --procs + 1 CPUs
     dataloader : torch.utils.data.DataLoader(num_workers=--procs, persistent_workers=True), the same
                  dataset's prepare_train on the same file bytes
@@ -79,7 +80,8 @@ def _steady_rate(batches, batch_size: int, warmup: int, images: int) -> tuple:
     return first, seen / (time.perf_counter() - steady_start)
 
 
-def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int) -> tuple:
+def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int, cache_decoded: str = "auto",
+                  prefetch_batches: int = 2) -> tuple:
     import ray
 
     from rayseg.datasets.ray_data import build_train_stream
@@ -90,8 +92,10 @@ def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int) -> 
         quiet_ray_data()
         start = time.perf_counter()
         rows = (warmup + 2) * batch + images
-        stream = build_train_stream(dataset, rows, seed=0, num_actors=procs, actor_num_cpus=1.0)
-        batches = stream.iter_torch_batches(batch_size=batch, dtypes=None, drop_last=True, prefetch_batches=2)
+        stream = build_train_stream(dataset, rows, seed=0, num_actors=procs, actor_num_cpus=1.0,
+                                    cache_decoded=cache_decoded)
+        batches = stream.iter_torch_batches(batch_size=batch, dtypes=None, drop_last=True,
+                                            prefetch_batches=prefetch_batches)
         first, rate = _steady_rate(batches, batch, warmup, images)
         return first, rate, start
     finally:
@@ -152,6 +156,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=400, help="images timed in steady state")
     parser.add_argument("--warmup", type=int, default=3, help="batches left out before timing")
     parser.add_argument("--single-core-images", type=int, default=60)
+    parser.add_argument("--cache-decoded", default="auto", choices=("auto", "true", "false"),
+                        help="data.cache_decoded for the Ray Data stream (training's default: auto)")
+    parser.add_argument("--prefetch-batches", type=int, default=2, help="iter_torch_batches' prefetch_batches")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_root, "img_dir")):
         print(f"error: no CamVid at {args.data_root} (--data-root; jobs/prepare_camvid.py makes it)", file=sys.stderr)
@@ -170,8 +177,10 @@ def main(argv=None) -> int:
           f"{args.procs} processes {limit:.1f} img/s")
     dl_first, dl_rate, _ = dataloader_rate(dataset, args.procs, args.batch, args.warmup, args.images)
     print(f"dataloader: first batch {dl_first:.2f} s, steady {dl_rate:.1f} img/s")
-    rd_first, rd_rate, _ = ray_data_rate(dataset, args.procs, args.batch, args.warmup, args.images)
-    print(f"ray_data:   first batch {rd_first:.2f} s, steady {rd_rate:.1f} img/s")
+    rd_first, rd_rate, _ = ray_data_rate(dataset, args.procs, args.batch, args.warmup, args.images,
+                                         args.cache_decoded, args.prefetch_batches)
+    print(f"ray_data:   first batch {rd_first:.2f} s, steady {rd_rate:.1f} img/s (cache_decoded "
+          f"{args.cache_decoded}, prefetch_batches {args.prefetch_batches})")
     print(f"ingest: ray_data/dataloader={rd_rate / dl_rate:.3f} limit_fraction={rd_rate / limit:.3f} "
           f"first_batch_s={rd_first:.2f}")
     return 0

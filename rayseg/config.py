@@ -43,7 +43,8 @@ DEFAULTS: Dict[str, Any] = {
 SCHEMA: Dict[str, Any] = {
     "model": "dict",
     "data": {"samples_per_gpu": "int", "workers_per_gpu": "int", "train": "dict", "val": "dict", "test": "dict",
-             "first_batch_timeout_s": "number", "on_bad_sample": "str", "max_bad_samples": "int"},
+             "first_batch_timeout_s": "number", "on_bad_sample": "str", "max_bad_samples": "int",
+             "cache_decoded": "str|bool"},
     "optimizer": "dict",
     "optimizer_config": {"type": "str", "grad_clip": "dict|none", "skip_nonfinite": "bool",
                          "loss_scale": "str|number"},

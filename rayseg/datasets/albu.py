@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 
@@ -18,6 +17,8 @@ def build_albu(cfg: Dict[str, Any]) -> Any:
     """Build one albumentations transform from ``{"type": ClassName, **args}``; containers recurse."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ConfigError(f"Albu: each transform must be a dict with a 'type' key, got {cfg!r}")
+    import albumentations as A  # here, not at import: it costs every Ray Data actor ~1.8 s of start-up
+
     args = dict(cfg)
     name = args.pop("type")
     cls = getattr(A, str(name), None)
@@ -50,6 +51,8 @@ class Albu:
         if not isinstance(transforms, (list, tuple)):
             raise ConfigError(f"Albu: transforms must be a list of dicts, got {transforms!r}")
         self.transforms_cfg: List[Dict[str, Any]] = [dict(t) for t in transforms]
+        import albumentations as A
+
         self.aug = A.Compose([build_albu(c) for c in transforms], mask_interpolation=cv2.INTER_NEAREST)
 
     def __call__(self, results: Dict[str, Any]) -> Dict[str, Any]:

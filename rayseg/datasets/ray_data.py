@@ -9,6 +9,9 @@ whichever actor happens to process it.
 A sample that cannot be used (a ``DataError`` while reading, decoding or checking it) stops the stream with
 that error, or, under ``data.on_bad_sample: skip``, is dropped and reported to the run's ledger
 (``rayseg.datasets.bad_samples``); the rows around it keep their positions and so their augmentation.
+
+With ``data.cache_decoded`` the training samples are decoded once into Ray's object store
+(``rayseg.datasets.decoded_cache``) and the actors only augment: the same rows, without decoding every epoch.
 """
 from __future__ import annotations
 
@@ -145,27 +148,16 @@ class _PipelineActor:
             return None
 
     def _train(self, batch: Dict[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
-        imgs, segs = [], []
         read_errors = batch.get("read_error")
         if read_errors is None:
             read_errors = [""] * len(batch["index"])
+        rows = []
         for pos, index, ib, sb, error in zip(batch["position"], batch["index"], batch["img_bytes"],
                                              batch["seg_bytes"], read_errors):
             # Seeding by stream position makes augmentation independent of actor scheduling.
             np.random.seed((self.seed * 1_000_003 + int(pos)) % (2**32))
-            results = self._prepare(self.dataset.prepare_train, index, ib, sb, error)
-            if results is None:
-                continue
-            imgs.append(np.ascontiguousarray(results["img"], dtype=np.uint8))
-            segs.append(np.ascontiguousarray(results["gt_semantic_seg"], dtype=np.uint8))
-        if not imgs:
-            return None
-        shapes = {im.shape for im in imgs}
-        if len(shapes) > 1 or len({s.shape for s in segs}) > 1:
-            raise DataError(
-                f"the training pipeline produced images of different sizes {sorted(shapes)}; "
-                "end it with RandomCrop and Pad(size=crop_size) so batches can be stacked")
-        return {"img": np.stack(imgs), "gt_semantic_seg": np.stack(segs)}
+            rows.append(self._prepare(self.dataset.prepare_train, index, ib, sb, error))
+        return _stack_train_rows(rows)
 
     def _test(self, batch: Dict[str, np.ndarray]) -> Optional[Dict[str, Any]]:
         out: Dict[str, List[Any]] = {"img": [], "gt_semantic_seg": [], "ori_shape": [], "index": []}
@@ -186,6 +178,77 @@ class _PipelineActor:
                 "ori_shape": np.stack(out["ori_shape"]), "index": np.asarray(out["index"])}
 
 
+def _stack_train_rows(rows: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str, np.ndarray]]:
+    """One batch of uint8 images and label maps from prepared rows (None: a dropped bad sample)."""
+    imgs = [np.ascontiguousarray(r["img"], dtype=np.uint8) for r in rows if r is not None]
+    segs = [np.ascontiguousarray(r["gt_semantic_seg"], dtype=np.uint8) for r in rows if r is not None]
+    if not imgs:
+        return None
+    shapes = {im.shape for im in imgs}
+    if len(shapes) > 1 or len({s.shape for s in segs}) > 1:
+        raise DataError(
+            f"the training pipeline produced images of different sizes {sorted(shapes)}; "
+            "end it with RandomCrop and Pad(size=crop_size) so batches can be stacked")
+    return {"img": np.stack(imgs), "gt_semantic_seg": np.stack(segs)}
+
+
+class _CachedPipelineActor(_PipelineActor):
+    """``_PipelineActor`` for a training stream whose samples are decoded once into the object store
+    (``rayseg.datasets.decoded_cache``): rows are stream positions only; each is mapped to its sample, whose
+    decoded results are fetched and run through the pipeline after its ``load_steps`` Load steps."""
+
+    def __init__(self, dataset: Any, seed: int, cache: List[Any], load_steps: int,
+                 bad_samples: Optional[BadSamplePolicy] = None, split: str = "data.train"):
+        from rayseg.datasets.compose import Compose
+        from rayseg.datasets.decoded_cache import loader_for
+
+        super().__init__(dataset, "train", seed, bad_samples, split)
+        self.cache = cache
+        self.load = loader_for(dataset, load_steps)
+        self.rest = Compose(dataset.pipeline.transforms[load_steps:])
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Any:
+        import ray
+
+        positions = batch["position"].astype(np.int64)
+        indices = stream_indices(positions, len(self.samples), self.seed, True)
+        refs = [self.cache[int(i)] for i in indices]
+        # A sample the cache's decoder has not reached yet (the first batches) is decoded here rather than
+        # waited for; the same Load steps give the same results.
+        unique = list(dict.fromkeys(refs))  # ray.wait refuses repeats (a tiny split repeats samples in a batch)
+        ready = set(ray.wait(unique, num_returns=len(unique), timeout=0, fetch_local=False)[0])
+        try:
+            fetched = iter(ray.get([r for r in refs if r in ready]))  # one round trip for the batch
+        except ray.exceptions.RayError:  # the cache lost (its decoder or node gone): decode this batch here
+            ready = set()
+            fetched = iter(())
+        decoded = [next(fetched) if r in ready else self.load(self.samples[int(i)]) for r, i in zip(refs, indices)]
+        rows = []
+        for pos, index, results in zip(positions, indices, decoded):
+            np.random.seed((self.seed * 1_000_003 + int(pos)) % (2**32))  # as _PipelineActor._train
+            rows.append(self._prepare(self._augment, index, results))
+        out = _stack_train_rows(rows)
+        return _no_rows() if out is None else out
+
+    def _augment(self, results: Dict[str, Any]) -> Dict[str, Any]:
+        if "error" in results:  # the Load steps failed on this sample: the error they raised
+            raise DataError(results["error"])
+        results = dict(results)
+        for key in ("img", "gt_semantic_seg"):
+            if key in results:  # the object store's arrays are read-only and shared: steps may write in place
+                results[key] = results[key].copy()
+        return self.rest(results)
+
+    def _prepare(self, prepare, index: int, results: Dict[str, Any]) -> Optional[Dict[str, Any]]:  # type: ignore[override]
+        if self.bad_samples is None:
+            return prepare(results)
+        try:
+            return prepare(results)
+        except DataError as exc:
+            self.bad_samples.record(self.split, len(self.samples), self.samples[int(index)]["img_path"], exc)
+            return None
+
+
 def _strip_normalize(dataset: Any) -> Any:
     """Drop Normalize from the dataset's pipeline(s): batches stay uint8 and are normalised on the device.
     Dataset wrappers (ConcatDataset, MultiImageMixDataset, ...) strip each inner pipeline themselves."""
@@ -196,7 +259,8 @@ def _strip_normalize(dataset: Any) -> Any:
 
 def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,
                        num_actors: int = 1, actor_num_cpus: float = 1.0,
-                       bad_samples: Optional[BadSamplePolicy] = None, min_actors: Optional[int] = None):
+                       bad_samples: Optional[BadSamplePolicy] = None, min_actors: Optional[int] = None,
+                       cache_decoded: Any = False):
     """A Ray Dataset of ``num_rows`` augmented training samples starting at stream ``start_position``.
 
     ``num_actors`` decode/augment actors; with ``min_actors`` the pool starts with that many and grows to
@@ -205,13 +269,29 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
     Rows are ``img`` (H, W, 3) uint8 in the pipeline's channel order and ``gt_semantic_seg`` (H, W) uint8.
     ``bad_samples`` (default: stop at the first bad sample): under ``skip`` bad samples are dropped, so the
     stream holds fewer rows (``BadSamplePolicy.stream_rows`` says how many to ask for).
+
+    ``cache_decoded`` (``data.cache_decoded``: auto | true | false, or a bool): decode each sample once into
+    the object store and augment from there (``rayseg.datasets.decoded_cache``); the rows are the same.
     """
     import ray.data
 
+    from rayseg.datasets import decoded_cache
+
+    num_blocks = max(1, min(200, math.ceil(num_rows / (_READ_BATCH * 4))))
+    dataset = _strip_normalize(dataset)
+    if decoded_cache.should_cache(cache_decoded, dataset):
+        base, load_steps, cache = decoded_cache.submit(dataset, seed, start_position)
+        # The positions as blocks put by this process rather than ray.data.range (or from_numpy, which asks
+        # tasks for the blocks' metadata): no read task needing a whole CPU before the first batch.
+        positions = [{"position": p} for p in range(start_position, start_position + num_rows)]
+        return ray.data.from_items(positions, override_num_blocks=num_blocks).map_batches(
+            _CachedPipelineActor, batch_size=_TRANSFORM_BATCH,
+            fn_constructor_kwargs={"dataset": base, "seed": seed, "cache": cache, "load_steps": load_steps,
+                                   "bad_samples": bad_samples, "split": "data.train"},
+            compute=_actor_pool(num_actors, min_actors), num_cpus=actor_num_cpus)
     samples = dataset.samples
     img_paths = [s["img_path"] for s in samples]
     seg_paths = [s.get("seg_path") for s in samples]
-    num_blocks = max(1, min(200, math.ceil(num_rows / (_READ_BATCH * 4))))
     ds = ray.data.range(num_rows, override_num_blocks=num_blocks)
     if start_position:
         ds = ds.map_batches(lambda b: {"id": b["id"] + start_position}, batch_size=None)
@@ -221,7 +301,7 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
                                    "keep_errors": skip})
     return ds.map_batches(
         _PipelineActor, batch_size=_TRANSFORM_BATCH,
-        fn_constructor_kwargs={"dataset": _strip_normalize(dataset), "mode": "train", "seed": seed,
+        fn_constructor_kwargs={"dataset": dataset, "mode": "train", "seed": seed,
                                "bad_samples": bad_samples, "split": "data.train"},
         compute=_actor_pool(num_actors, min_actors), num_cpus=actor_num_cpus)
 

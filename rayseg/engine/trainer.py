@@ -157,7 +157,9 @@ class TrainStreamFactory:
                                     num_actors=num_ingest_actors(self.spec), actor_num_cpus=INGEST_ACTOR_CPUS,
                                     # elastic: start with the actors that fit, up to MAX workers' worth
                                     min_actors=num_ingest_actors(_smallest(self.spec)),
-                                    bad_samples=self.bad_samples)
+                                    bad_samples=self.bad_samples,
+                                    # decoded once into the object store when the split fits (data.cache_decoded)
+                                    cache_decoded=self.spec.data.cache_decoded)
         return keep_original_errors(stream)
 
 

@@ -62,7 +62,7 @@ def _dataset_ignore_index(dataset_cfg: Dict[str, Any], where: str) -> int:
 
 
 def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
-    from rayseg.datasets import bad_samples
+    from rayseg.datasets import bad_samples, decoded_cache
 
     data = _section(cfg, "data")
     for key in ("samples_per_gpu", "train"):
@@ -85,11 +85,12 @@ def _data(cfg: Dict[str, Any], eval_interval: int) -> DataSpec:
     max_bad = data.get("max_bad_samples", bad_samples.DEFAULT_MAX_BAD_SAMPLES)
     if max_bad < 0:
         raise ConfigError(f"data.max_bad_samples must be 0 or more, got {max_bad}")
+    cache_decoded = decoded_cache.normalise_mode(data.get("cache_decoded", decoded_cache.DEFAULT_MODE))
     # workers_per_gpu: 0 means "load in the training process" in MMSeg; under Ray one actor per worker decodes.
     return DataSpec(samples_per_gpu=int(data["samples_per_gpu"]), workers_per_gpu=max(1, int(workers)),
                     train=data["train"], val=data.get("val") or None, test=data.get("test") or None,
                     first_batch_timeout_s=first_batch_timeout, on_bad_sample=on_bad_sample,
-                    max_bad_samples=int(max_bad))
+                    max_bad_samples=int(max_bad), cache_decoded=cache_decoded)
 
 
 def _epoch_keys(lr_config: Dict[str, Any], momentum_config: Optional[Dict[str, Any]]) -> List[str]:

@@ -29,6 +29,9 @@ class DataSpec:
     # stops only beyond ``max_bad_samples`` distinct bad samples in the run.
     on_bad_sample: str = "error"
     max_bad_samples: int = 100
+    # Decoded training images kept in Ray's object store so later epochs augment without decoding
+    # (``rayseg.datasets.decoded_cache``): "auto" when the split fits, "true", "false".
+    cache_decoded: str = "auto"
 
     @property
     def train_pipeline(self) -> List[Dict[str, Any]]:
