@@ -150,7 +150,8 @@ def test_open_mmlab_and_torchvision_names_resolve_without_downloading():
     assert resolve_checkpoint_url("openmmlab://resnet50_v1c") == url
     assert set(OPEN_MMLAB_URLS) == {"resnet18_v1c", "resnet50_v1c", "resnet101_v1c", "msra/hrnetv2_w18_small",
                                     "msra/hrnetv2_w18", "msra/hrnetv2_w32", "msra/hrnetv2_w40", "msra/hrnetv2_w48",
-                                    "contrib/mobilenet_v3_large", "contrib/mobilenet_v3_small"}
+                                    "contrib/mobilenet_v3_large", "contrib/mobilenet_v3_small",
+                                    "resnext50_32x4d", "resnext101_32x4d", "resnext101_64x4d"}
     assert resolve_checkpoint_url("torchvision://resnet50") == \
         torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
     assert resolve_checkpoint_url("torchvision://resnet50.imagenet1k_v2") == \

@@ -83,8 +83,11 @@ class Bottleneck(_ResBlock):
 
 def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride: int, dilation: int,
                    style: str, avg_down: bool, conv_cfg: Optional[Dict], norm_cfg: Dict,
-                   multi_grid: Optional[Sequence[int]], contract_dilation: bool) -> nn.Sequential:
-    """One stage, as MMSeg's ``ResLayer``: the first block downsamples (and may use a contracted dilation)."""
+                   multi_grid: Optional[Sequence[int]], contract_dilation: bool,
+                   block_kwargs: Optional[Dict[str, Any]] = None) -> nn.Sequential:
+    """One stage, as MMSeg's ``ResLayer``: the first block downsamples (and may use a contracted dilation).
+    ``block_kwargs``: more arguments for every block (ResNeXt's ``groups``, ``base_width``)."""
+    block_kwargs = block_kwargs or {}
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         layers = []
@@ -106,11 +109,11 @@ def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, str
         first = dilation // 2 if (dilation > 1 and contract_dilation) else dilation
         dilations = [first] + [dilation] * (num_blocks - 1)
     blocks = [block(inplanes, planes, stride=stride, dilation=dilations[0], downsample=downsample, style=style,
-                    conv_cfg=conv_cfg, norm_cfg=norm_cfg)]
+                    conv_cfg=conv_cfg, norm_cfg=norm_cfg, **block_kwargs)]
     inplanes = planes * block.expansion
     for i in range(1, num_blocks):
         blocks.append(block(inplanes, planes, stride=1, dilation=dilations[i], style=style,
-                            conv_cfg=conv_cfg, norm_cfg=norm_cfg))
+                            conv_cfg=conv_cfg, norm_cfg=norm_cfg, **block_kwargs))
     return nn.Sequential(*blocks)
 
 
@@ -170,7 +173,8 @@ class ResNet(BaseBackbone):
             layer = make_res_layer(self.block, inplanes, planes, num_blocks, stride=strides[i],
                                    dilation=dilations[i], style=style, avg_down=self.avg_down, conv_cfg=conv_cfg,
                                    norm_cfg=norm_cfg, contract_dilation=contract_dilation,
-                                   multi_grid=multi_grid if i == num_stages - 1 else None)
+                                   multi_grid=multi_grid if i == num_stages - 1 else None,
+                                   block_kwargs=self._block_kwargs(base_channels))
             inplanes = planes * self.block.expansion
             self.add_module(f"layer{i + 1}", layer)
             self.res_layers.append(f"layer{i + 1}")
@@ -179,6 +183,10 @@ class ResNet(BaseBackbone):
         self.out_channels = tuple(base_channels * 2 ** i * self.block.expansion for i in out_indices)
         self.init_weights()
         self._freeze_stages()
+
+    def _block_kwargs(self, base_channels: int) -> Dict[str, Any]:
+        """More arguments for every residual block (none here; ResNeXt adds its grouping)."""
+        return {}
 
     def _make_stem(self, in_channels: int, stem_channels: int, conv_cfg: Optional[Dict], norm_cfg: Dict) -> None:
         if self.deep_stem:
