@@ -205,6 +205,9 @@ FAMILIES = sorted(glob.glob(str(REPO / "configs" / "_base_" / "models" / "*.yaml
 
 
 @pytest.mark.slow
+# Full-size exports of every base (SETR's ViT-L, BEiT, Swin, ConvNeXt ...) and one onnxruntime process per family:
+# 11-16 min on CI's 2 cores, over the suite's 900 s default.
+@pytest.mark.timeout(2400)
 def test_every_model_family_exports(tmp_path):
     """ONNX (dynamic axes; onnxruntime ≤ TOLERANCE of the logits' scale at 32×32 and at 48×64 batch 2)
     and TorchScript (torch.jit.load, the same check) for each model base config, weights and BatchNorm
