@@ -10,12 +10,12 @@ The data folders do not exist here, so datasets are not listed. Models are built
 device (constructors and config checks run, no weights are allocated or initialised) and built once per
 distinct model config; a model whose constructor needs real tensor values falls back to the CPU.
 """
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -142,28 +142,45 @@ def _load(path):
     return load_config(path, list(_scratch_options(path)))
 
 
-def _print_config(path):
+def _print_config_argv(path):
     options = _scratch_options(path)
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "print_config.py"), str(path), "--json",
-                           "--work-dir", WORK_DIR] + (["--cfg-options", *options] if options else []),
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    return [str(path), "--json", "--work-dir", WORK_DIR] + (["--cfg-options", *options] if options else [])
 
 
-@pytest.fixture(scope="module")
-def printed():
-    """``print_config --json`` for every config, a few subprocesses at a time (each is mostly start-up)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(CONFIGS, pool.map(_print_config, CONFIGS)))
+@lru_cache(maxsize=None)
+def _print_config_job():
+    spec = importlib.util.spec_from_file_location("print_config_job", REPO / "jobs" / "print_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_printed(path, code, out, err):
+    assert code == 0, err
+    decoder = json.JSONDecoder()
+    doc, end = decoder.raw_decode(out.lstrip())
+    assert out.lstrip()[end:].strip() == "", "exactly one JSON document"
+    assert doc == json.loads(json.dumps(resolve_run(_load(path), work_dir=WORK_DIR).config))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-def test_print_config_json(path, printed):
-    proc = printed[path]
-    assert proc.returncode == 0, proc.stderr
-    decoder = json.JSONDecoder()
-    doc, end = decoder.raw_decode(proc.stdout.lstrip())
-    assert proc.stdout.lstrip()[end:].strip() == "", "exactly one JSON document"
-    assert doc == json.loads(json.dumps(resolve_run(_load(path), work_dir=WORK_DIR).config))
+def test_print_config_json(path, capsys):
+    """The job's main() for every config (in this process: ~300 interpreter start-ups would cost minutes)."""
+    code = _print_config_job().main(_print_config_argv(path))
+    captured = capsys.readouterr()
+    _check_printed(path, code, captured.out, captured.err)
+
+
+# as typed, in a process of its own: one config of each kind (demo, CamVid, a zoo one needing scratch options)
+TYPED = [p for p in CONFIGS if p.parent.name in {"demo", "camvid"}][:2] + \
+    [p for p in CONFIGS if p.parent.name == "setr"][:1]
+
+
+@pytest.mark.parametrize("path", TYPED, ids=[str(p.relative_to(CONFIG_DIR)) for p in TYPED])
+def test_print_config_json_as_typed(path):
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "print_config.py"), *_print_config_argv(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    _check_printed(path, proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)

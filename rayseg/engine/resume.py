@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from rayseg.engine import storage
 from rayseg.engine.checkpoint import TRAIN_STATE_FILE, read_checkpoint
 from rayseg.errors import CheckpointError
+from rayseg.utils.files import write_text_atomic
 
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
 RUN_STATE_FILE = "run_state.json"
@@ -123,7 +124,4 @@ def read_run_state(work_dir: str) -> Dict[str, Any]:
 
 def write_run_state(work_dir: str, state: Dict[str, Any]) -> None:
     path = os.path.join(work_dir, RUN_STATE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(state))

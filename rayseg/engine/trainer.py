@@ -23,6 +23,7 @@ from rayseg.engine.workdir_lock import WorkDirLock
 from rayseg.errors import ConfigError
 from rayseg.spec.sections import RunSpec
 from rayseg.utils.ray_session import connect_ray, quiet_ray_data, user_error
+from rayseg.utils.files import write_text_atomic
 
 # Fraction of a CPU each decode/augment actor asks Ray for; the actors mostly wait on I/O and OpenCV,
 # and asking for whole CPUs would starve the training workers on small machines.
@@ -342,8 +343,7 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     _check_cluster_room(spec, address)  # before the work dir exists: a refused job leaves nothing behind
     os.makedirs(spec.work_dir, exist_ok=True)
     config_file = os.path.join(spec.work_dir, "config.yaml")
-    with open(config_file, "w") as f:
-        f.write(dump_config(spec.config))
+    write_text_atomic(config_file, dump_config(spec.config))
     # Block order matters only for the training stream, which the controller builds with its own context;
     # the driver's DataContext is the caller's process-wide one and must not keep preserve_order afterwards.
     quiet_ray_data()
