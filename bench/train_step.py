@@ -87,7 +87,8 @@ def rayseg_run(data_root: str, iters: int, warmup: int, batch: int, size: int, w
         records = [json.loads(line) for line in f]
     steady = [r for r in records if r["iter"] > warmup]
     sec_per_iter = float(np.mean([r["time"] for r in steady]))
-    return workers * batch / sec_per_iter
+    data_per_iter = float(np.mean([r["data_time"] for r in steady]))
+    return workers * batch / sec_per_iter, sec_per_iter, data_per_iter
 
 
 def gpu_benchmark(steps: int = 20) -> None:
@@ -143,16 +144,19 @@ def main() -> int:
             data = os.path.join(tmp, "data")
             make_demo_dataset(data, num_train=64, num_val=4, size=(args.size, args.size), seed=0)
             plain = plain_loop(data, args.iters, args.warmup, args.batch, args.size, args.threads)
-            one = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 1, args.threads,
+            one, one_it, one_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 1, args.threads,
                              os.path.join(tmp, "w1"))
-            two = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 2, max(1, args.threads // 2),
+            two, two_it, two_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 2, max(1, args.threads // 2),
                              os.path.join(tmp, "w2"))
         print(f"cores: {os.cpu_count()}, threads: {args.threads}, batch/worker: {args.batch}, crop {args.size}px, "
               f"{args.iters} iterations ({args.warmup} warm-up left out)")
-        print(f"plain single-process loop : {plain:7.2f} samples/s")
+        print(f"plain single-process loop : {plain:7.2f} samples/s; {args.batch / plain * 1000:.1f} ms/it "
+              f"(decode + augment inline)")
         print(f"rayseg, 1 worker          : {one:7.2f} samples/s  ({one / plain:.3f}x plain; overhead "
-              f"{(1 - one / plain) * 100:+.1f}%)")
-        print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({two / one:.3f}x 1 worker)")
+              f"{(1 - one / plain) * 100:+.1f}%); {one_it * 1000:.1f} ms/it, waiting for data {one_data * 1000:.1f}")
+        print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({two / one:.3f}x 1 worker); "
+              f"{two_it * 1000:.1f} ms/it, waiting for data {two_data * 1000:.1f}")
+        print(f"train_step: rayseg_1w/plain={one / plain:.3f} 2w/1w={two / one:.3f}")
     gpu_benchmark()
     return 0
 

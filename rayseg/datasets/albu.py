@@ -1,6 +1,7 @@
 """``Albu``: any albumentations (2.x) transforms, named by class in the config, on image + masks."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Dict, List, Sequence
 
@@ -13,11 +14,20 @@ from rayseg.registry import TRANSFORMS, check_kwargs
 _CONTAINERS = ("Compose", "OneOf", "SomeOf", "OneOrOther", "Sequential", "SelectiveChannelTransform")
 
 
+def _albumentations():
+    """``import albumentations`` without its update check: unless NO_ALBUMENTATIONS_UPDATE is set, every import
+    asks PyPI for the latest version (up to 2 s, in every Ray Data actor, on clusters without internet too)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
+
+
 def build_albu(cfg: Dict[str, Any]) -> Any:
     """Build one albumentations transform from ``{"type": ClassName, **args}``; containers recurse."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ConfigError(f"Albu: each transform must be a dict with a 'type' key, got {cfg!r}")
-    import albumentations as A  # here, not at import: it costs every Ray Data actor ~1.8 s of start-up
+    A = _albumentations()  # here, not at import: it costs every Ray Data actor ~1.8 s of start-up
 
     args = dict(cfg)
     name = args.pop("type")
@@ -51,8 +61,7 @@ class Albu:
         if not isinstance(transforms, (list, tuple)):
             raise ConfigError(f"Albu: transforms must be a list of dicts, got {transforms!r}")
         self.transforms_cfg: List[Dict[str, Any]] = [dict(t) for t in transforms]
-        import albumentations as A
-
+        A = _albumentations()
         self.aug = A.Compose([build_albu(c) for c in transforms], mask_interpolation=cv2.INTER_NEAREST)
 
     def __call__(self, results: Dict[str, Any]) -> Dict[str, Any]:

@@ -48,6 +48,8 @@ def text_log_lines(record: Dict[str, Any], max_iters: int, metrics: Sequence[str
         eta = int(record["time"] * max(0, max_iters - it))
         parts.append(f"eta: {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
         parts.append(f"time: {record['time']:.3f}")
+    if record.get("data_time") is not None:
+        parts.append(f"data_time: {record['data_time']:.3f}")
     parts += [f"{k}: {v:.4f}" for k, v in record.items() if ("loss" in k or "acc_seg" in k) and v is not None]
     lines = [f"Iter [{it}/{max_iters}]\t" + ", ".join(parts)]
     if "mIoU" in record:

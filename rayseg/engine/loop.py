@@ -332,6 +332,7 @@ def _train(config: Dict[str, Any]) -> None:
     count = 0
     tic = time.perf_counter()
     iters_timed = 0
+    data_seconds = 0.0  # waiting for the stream, MMSeg's data_time
     model.train()
     for it in range(start_iter, max_iters):
         step_tic = time.perf_counter()
@@ -340,12 +341,16 @@ def _train(config: Dict[str, Any]) -> None:
             momentum.apply(optimizer, it)
         hooks.call("before_train_iter", it)
         if world == scaling.num_workers:
+            data_tic = time.perf_counter()
             batch = stream.next(it)
+            data_seconds += time.perf_counter() - data_tic
             losses = step(normalizer(batch["img"]), batch["gt_semantic_seg"].long(), it + 1)
         else:  # elastic, below MAX workers: the global batch in micro-batches (rayseg.engine.elastic)
             micro = []
             for size in micro_batch_sizes(spg, scaling.num_workers, world, rank, it):
+                data_tic = time.perf_counter()
                 batch = stream.take(size, it)
+                data_seconds += time.perf_counter() - data_tic
                 micro.append((normalizer(batch["img"]), batch["gt_semantic_seg"].long(),
                               loss_weight(size, spg, scaling.num_workers, world)))
             losses = step.accumulate(micro, it + 1)
@@ -373,6 +378,7 @@ def _train(config: Dict[str, Any]) -> None:
             metrics["skipped_steps"] = step.skipped
         sec_per_iter = elapsed / max(1, iters_timed)
         metrics["time"] = sec_per_iter
+        metrics["data_time"] = data_seconds / max(1, iters_timed)
         if scaling.elastic:
             metrics["workers"] = world  # the worker count over time; the driver turns changes into events
         if progress.enabled:
@@ -380,7 +386,7 @@ def _train(config: Dict[str, Any]) -> None:
         elif rank == 0:
             loss_txt = ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if "loss" in k or "acc" in k)
             console(f"Iter [{done}/{max_iters}]  lr: {lr:.3e}, eta: {_format_eta(sec_per_iter * (max_iters - done))}, "
-                    f"time: {sec_per_iter:.3f}s/it, {loss_txt}"
+                    f"time: {sec_per_iter:.3f}s/it, data_time: {metrics['data_time']:.3f}s/it, {loss_txt}"
                     + (f", workers: {world}/{scaling.num_workers}" if scaling.elastic else ""))
         sums.clear()
         count = 0
@@ -427,6 +433,7 @@ def _train(config: Dict[str, Any]) -> None:
             ray.train.report(metrics)
         tic = time.perf_counter()
         iters_timed = 0
+        data_seconds = 0.0
     hooks.call("after_run", max_iters)
     progress.event(e="end", i=max_iters)  # tells the driver that no more progress lines will follow
     if monitor is not None:

@@ -1,4 +1,6 @@
 """Pipeline steps: alignment of image and mask, MMSeg semantics, config errors."""
+import os
+
 import numpy as np
 import pytest
 
@@ -357,3 +359,23 @@ def test_unknown_step_and_argument_are_config_errors():
     with pytest.raises(ConfigError):
         build_pipeline([{"type": "RandomCrop"}])  # missing required argument
     assert isinstance(build_pipeline([]), Compose)
+
+
+def test_albu_asks_nobody_for_albumentations_updates():
+    """albumentations asks PyPI for its latest version on import (up to 2 s in every Ray Data actor, and a
+    request from every cluster node) unless NO_ALBUMENTATIONS_UPDATE is set: building Albu sets it first."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "requests = []\n"
+            "sys.addaudithook(lambda event, args: event == 'urllib.Request' and requests.append(args[0]))\n"
+            "from rayseg.registry import TRANSFORMS, build\n"
+            "import rayseg.datasets\n"
+            "build({'type': 'Albu', 'transforms': [{'type': 'HorizontalFlip', 'p': 1.0}]}, TRANSFORMS)\n"
+            "assert 'albumentations' in sys.modules\n"
+            "print('requests', requests)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "requests []"

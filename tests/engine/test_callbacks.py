@@ -30,6 +30,8 @@ def test_text_lines_show_the_selected_metrics():
     assert val == "Iter(val) [4]\taAcc: 90.00, mAcc: 60.00, mDice: 65.00, mFscore: 66.00, mPrecision: 67.00, " \
                   "mRecall: 60.00"
     assert len(text_log_lines({"iter": 2, "loss": 1.0}, max_iters=10)) == 1  # no validation, one line
+    train, _ = text_log_lines(dict(record, data_time=0.125), max_iters=10)
+    assert "time: 0.500, data_time: 0.125, loss: 1.2500" in train  # MMSeg's order
 
 
 def test_last_logged_iter_survives_a_cut_line(tmp_path):

@@ -92,12 +92,14 @@ def test_log_jsonl_has_intervals_and_validation(trained):
     for r in records:
         assert {"lr", "loss", "decode.loss_ce", "aux.loss_ce"} <= set(r)
         assert r["loss"] > 0
+        assert 0 <= r["data_time"] <= r["time"]  # waiting for the stream: part of the iteration's time
     val = [r for r in records if "mIoU" in r]
     assert [r["iter"] for r in val] == [3, 6]
     assert 0 <= val[-1]["aAcc"] <= 100 and "IoU.background" in val[-1]
     assert (work / "val_table.txt").read_text().count("background") == 1
     text = (work / "train.log").read_text()
     assert "Iter [2/6]" in text and "Iter(val) [3]" in text and "mIoU" in text and "loss:" in text
+    assert "data_time:" in text
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(trained, mlflow_server):
