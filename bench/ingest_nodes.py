@@ -109,10 +109,13 @@ def main(argv=None) -> int:
 
     from ingest import build_dataset
 
+    from rayseg.datasets import decoded_cache
+
     dataset = build_dataset(args.data_root)
+    decoded = decoded_cache.estimate_bytes(dataset) / len(dataset.samples)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, ray {ray.__version__}, "
           f"opencv {cv2.__version__}; CamVid train {len(dataset.samples)} images; batch {args.batch}, "
-          f"cache_decoded {args.cache_decoded}")
+          f"cache_decoded {args.cache_decoded}; a decoded sample (image + mask) {decoded / 1e3:.0f} kB")
     results = []
     for nodes in args.nodes:
         r = run(dataset, nodes, args.batch, args.warmup, args.images, args.cache_decoded)

@@ -106,28 +106,53 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
 
 
 def _read_storage(uri: str) -> Dict[str, Any]:
-    """A checkpoint file (or Ray checkpoint folder) on a pyarrow filesystem, copied to a temporary file
-    in chunks (a large checkpoint never sits in memory twice) and loaded from there."""
+    """A checkpoint file (or Ray checkpoint folder) named by a storage URI (see ``_read_filesystem``)."""
     import pyarrow.fs as pafs
 
     try:
         fs, remote = pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError (bad URI, credentials, network)
+        raise CheckpointError(f"cannot read checkpoint {uri}: {exc}") from exc
+    return _read_filesystem(fs, remote, uri)
+
+
+def _read_filesystem(fs: Any, remote: str, label: str) -> Dict[str, Any]:
+    """A checkpoint file (or Ray checkpoint folder) on a pyarrow filesystem, copied to a temporary file of this
+    process's own in chunks (a large checkpoint never sits in memory twice) and loaded from there."""
+    import pyarrow.fs as pafs
+
+    try:
         info = fs.get_file_info(remote)
         if info.type == pafs.FileType.Directory:
             remote = remote.rstrip("/") + "/" + TRAIN_STATE_FILE
             if fs.get_file_info(remote).type != pafs.FileType.File:
-                raise CheckpointError(f"checkpoint folder {uri} has no {TRAIN_STATE_FILE}")
+                raise CheckpointError(f"checkpoint folder {label} has no {TRAIN_STATE_FILE}")
         elif info.type != pafs.FileType.File:
-            raise CheckpointError(f"checkpoint file not found: {uri}")
+            raise CheckpointError(f"checkpoint file not found: {label}")
         with tempfile.TemporaryDirectory(prefix="rayseg-ckpt-") as tmp:
             local = os.path.join(tmp, os.path.basename(remote))
             with fs.open_input_stream(remote) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, _COPY_CHUNK)
-            return _load_file(local, uri)
+            return _load_file(local, label)
     except CheckpointError:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError (bad URI, credentials, network)
-        raise CheckpointError(f"cannot read checkpoint {uri}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {label}: {exc}") from exc
+
+
+def read_train_checkpoint(checkpoint: Any) -> Dict[str, Any]:
+    """The payload of a ``ray.train.Checkpoint``, read straight from its filesystem.
+
+    Not through ``Checkpoint.as_directory()``: for remote storage every process on a node shares one download
+    folder per checkpoint, and a second process (another worker of the same run) downloads into it again
+    while the first reads, which tears the file under the first (seen on S3 as "PytorchStreamReader failed
+    reading file")."""
+    import pyarrow.fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        return read_checkpoint(checkpoint.path)
+    name = getattr(checkpoint.filesystem, "type_name", "storage")
+    return _read_filesystem(checkpoint.filesystem, checkpoint.path, f"{name}://{checkpoint.path}")
 
 
 def _normalise_meta(meta: Dict[str, Any]) -> Dict[str, Any]:

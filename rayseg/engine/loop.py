@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from rayseg.engine.best import BestScore
-from rayseg.engine.checkpoint import load_model_weights, read_checkpoint, save_train_state, unwrap
+from rayseg.engine.checkpoint import (load_model_weights, read_checkpoint, read_train_checkpoint, save_train_state,
+                                      unwrap)
 from rayseg.engine.elastic import loss_weight, micro_batch_sizes
 from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_metrics
 from rayseg.engine.hooks import HookList, HookRunner
@@ -214,8 +215,7 @@ def _restore(model: torch.nn.Module, spec: RunSpec, rank: int, say: Callable[[st
     restored = None
     if checkpoint is not None:
         try:
-            with checkpoint.as_directory() as folder:
-                restored = read_checkpoint(folder)
+            restored = read_train_checkpoint(checkpoint)
         except CheckpointError:
             if not resume_from:
                 raise

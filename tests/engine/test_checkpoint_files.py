@@ -130,3 +130,29 @@ def test_file_uri_reads_files_and_ray_checkpoint_folders_in_place(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"file://.*bad.pth"):  # errors name the URI, not the temp copy
         read_checkpoint((tmp_path / "bad.pth").as_uri())
+
+
+def test_train_checkpoint_on_remote_storage_is_read_without_a_shared_download_folder(tmp_path):
+    """A ray.train.Checkpoint on a non-local filesystem is read through that filesystem into this process's own
+    temporary file: Ray's as_directory() would download into /tmp/checkpoint_tmp_<uuid>, one folder for every
+    process of the node, where a second worker's download tears the file the first is reading."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from rayseg.engine.checkpoint import read_train_checkpoint
+
+    folder = tmp_path / "bucket" / "run" / "iter_00000004"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.arange(3.0)}, "meta": {"iter": 4}}, folder / "checkpoint.pt")
+    remote = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())  # not a LocalFileSystem
+    checkpoint = Checkpoint("run/iter_00000004", filesystem=remote)
+    shared = checkpoint._get_temporary_checkpoint_dir()
+    payload = read_train_checkpoint(checkpoint)
+    assert payload["meta"]["iter"] == 4 and torch.equal(payload["state_dict"]["w"], torch.arange(3.0))
+    assert not os.path.exists(shared) and shared.startswith(tempfile.gettempdir())
+    with pytest.raises(CheckpointError, match="run/iter_00000009"):
+        read_train_checkpoint(Checkpoint("run/iter_00000009", filesystem=remote))
+    local = read_train_checkpoint(Checkpoint(str(folder)))  # a local checkpoint is read in place
+    assert local["meta"]["iter"] == 4
