@@ -267,6 +267,15 @@ class MlflowRun:
     def finish(self, status: str = "FINISHED") -> None:
         self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
 
+    def finish_unless_ended(self, status: str) -> None:
+        """Mark the run ``status`` unless another process has already ended it (a Tune driver that stopped
+        the trial marks its run KILLED; the trial's own teardown, failing as its actor goes, must not undo it)."""
+        def finish_if_running() -> None:
+            if self.client.get_run(self.run_id).info.status == "RUNNING":
+                self.client.set_terminated(self.run_id, status)
+
+        self._guard("set_terminated", finish_if_running)
+
 
 def server_reachable(tracking_uri: str, timeout: float = 5.0) -> Optional[str]:
     """None if an http(s) tracking server answers (or the store is not a server), else why not.

@@ -134,6 +134,39 @@ def test_start_run_logs_params_and_tags(area, monkeypatch):
     assert fresh.run_id != run.run_id
 
 
+def test_a_run_ended_elsewhere_keeps_its_status(area, monkeypatch):
+    """A Tune driver marks a stopped trial's run KILLED; the trial's training job, failing as its actor goes
+    down, must not turn it FAILED; and the driver's recorder marks its runs again after the sweep."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from rayseg.tracking import MlflowRun
+    from rayseg.tune.recording import TrialEndRecorder
+    from rayseg.tune.trial import MAX_ITERS_KEY, RUN_ID_KEY
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = _spec(area / "ended", "mlflow.experiment_name=ended-elsewhere")
+    run = start_run(spec)
+    client = MlflowClient(tracking_uri=run.tracking_uri)
+    recorder = TrialEndRecorder(run.tracking_uri, max_iters=6)
+    trial = SimpleNamespace(trial_id="t1")
+    recorder.on_trial_result(0, [], trial, {"iter": 2, RUN_ID_KEY: run.run_id, MAX_ITERS_KEY: 6})
+    recorder.on_trial_complete(0, [], trial)
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    assert client.get_run(run.run_id).data.tags["rayseg.end_reason"] == "stopped_early"
+
+    MlflowRun(run.tracking_uri, run.run_id).finish_unless_ended("FAILED")  # the trial's teardown
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    MlflowRun(run.tracking_uri, run.run_id).finish("FAILED")  # a teardown that raced past the check
+    recorder.reassert_ends()
+    assert client.get_run(run.run_id).info.status == "KILLED"
+
+    running = start_run(_spec(area / "ended2", "mlflow.experiment_name=ended-elsewhere"))
+    running.finish_unless_ended("FAILED")  # nobody ended it: the job's own failure is recorded
+    assert client.get_run(running.run_id).info.status == "FAILED"
+
+
 def test_unreachable_server_warns_once_and_training_goes_on(tmp_path):
     spec = _spec(tmp_path / "w", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}")
     start = time.monotonic()

@@ -399,7 +399,7 @@ def _fit(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
             result = trainer.fit()
     except BaseException as exc:
         if run is not None:
-            run.finish("KILLED" if isinstance(exc, RunInterrupted) else "FAILED")
+            run.finish_unless_ended("KILLED" if isinstance(exc, RunInterrupted) else "FAILED")
         if isinstance(exc, RunInterrupted):
             raise
         cause = user_error(exc)

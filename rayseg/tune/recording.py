@@ -75,6 +75,7 @@ class TrialEndRecorder(Callback):
         self.max_iters = max_iters
         self.last: Dict[str, Dict[str, Any]] = {}
         self.reasons: Dict[str, str] = {}
+        self.ended: Dict[str, tuple] = {}  # trial id -> (run id, status) of the runs this recorder ended
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last[trial.trial_id] = dict(result)
@@ -88,6 +89,15 @@ class TrialEndRecorder(Callback):
         run.set_tag("rayseg.end_reason", reason)
         if status != "FINISHED":  # a finished training job has already closed its run
             run.finish(status)
+            self.ended[trial.trial_id] = (run_id, status)
+
+    def reassert_ends(self) -> None:
+        """Mark again the runs of the trials the sweep stopped or lost, once Tune has torn every trial down.
+
+        A stopped trial's actor goes down after ``on_trial_complete``; its training job sees its Ray Train run
+        die and may end its MLflow run FAILED after this recorder marked it KILLED."""
+        for run_id, status in self.ended.values():
+            MlflowRun(self.tracking_uri, run_id).finish(status)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = self.last.get(trial.trial_id, {})

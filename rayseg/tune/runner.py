@@ -194,6 +194,7 @@ def _finish(sweep: SweepSpec, grid, recorder: TrialEndRecorder, parent, tracking
             experiment_path: str) -> Dict[str, Any]:
     from rayseg.utils.ray_session import user_error
 
+    recorder.reassert_ends()
     rows = trial_rows(grid, sweep, recorder.reasons)
     table_path = os.path.join(sweep.work_dir, TABLE_FILE)
     write_table(rows, table_path)
