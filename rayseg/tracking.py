@@ -232,10 +232,11 @@ class MlflowRun:
                           "log.jsonl. This process stops logging to MLflow.", RuntimeWarning, stacklevel=2)
             self._warned = True
 
-    def log_metrics(self, metrics: Dict[str, Any], step: int) -> None:
+    def log_metrics(self, metrics: Dict[str, Any], step: int, timestamp: Optional[float] = None) -> None:
+        """Log ``metrics`` at ``step``, stamped ``timestamp`` (unix seconds; now by default)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int((time.time() if timestamp is None else timestamp) * 1000)
         entries = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))]
         for i in range(0, len(entries), 500):

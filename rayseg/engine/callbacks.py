@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ray.train import UserCallback
 
+from rayseg.engine.reporting import logged_records
 from rayseg.evaluation.report import summary_columns, tracked_name
 
 
@@ -102,14 +103,18 @@ class TrainLogCallback(UserCallback):
             self._keep_best(checkpoint, metrics[0]["saved_best"])
         if all("replica" in m for m in metrics):
             self._write_replicas([m["replica"] for m in metrics])
-        record = scalar_metrics(metrics[0])
+        for logged_at, logged in logged_records(metrics[0]):
+            self._write_record(scalar_metrics(logged), logged_at)
+
+    def _write_record(self, record: Dict[str, Any], logged_at: float) -> None:
+        """One log record into log.jsonl, train.log (stamped when the worker logged it) and MLflow."""
         if record.get("iter", 0) <= self.last_iter:
             return
         self.last_iter = record.get("iter", self.last_iter)
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(logged_at))
         with open(self.text_log_path, "a") as f:
             for line in text_log_lines(record, self.max_iters, self.metrics):
                 f.write(f"{stamp} - rayseg - INFO - {line}\n")
@@ -118,7 +123,7 @@ class TrainLogCallback(UserCallback):
             # log.jsonl keeps MMSeg's keys; MLflow gets the one naming scheme (train/lr, val/mIoU, ...) that
             # jobs/test.py also logs, so validation and a later evaluation of the val split are one series.
             run.log_metrics({tracked_name(k): v for k, v in record.items() if k != "iter" and v is not None},
-                            step=record["iter"])
+                            step=record["iter"], timestamp=logged_at)
 
     def _record_event(self, event: Dict[str, Any]) -> None:
         """A resize: a line in train.log, and in MLflow the events file and a tag with the current size."""

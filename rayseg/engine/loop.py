@@ -22,6 +22,7 @@ from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_
 from rayseg.engine.hooks import HookList, HookRunner
 from rayseg.engine.precision import precision_settings
 from rayseg.engine.progress import ProgressEmitter
+from rayseg.engine.reporting import SINCE_REPORT_KEY, ReportPacer, report_interval_s
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.custom_imports import import_custom_modules
@@ -333,6 +334,7 @@ def _train(config: Dict[str, Any]) -> None:
     tic = time.perf_counter()
     iters_timed = 0
     data_seconds = 0.0  # waiting for the stream, MMSeg's data_time
+    pacer = ReportPacer(report_interval_s())
     model.train()
     for it in range(start_iter, max_iters):
         step_tic = time.perf_counter()
@@ -373,7 +375,11 @@ def _train(config: Dict[str, Any]) -> None:
         elapsed = time.perf_counter() - tic
         metrics: Dict[str, Any] = {"iter": done, "lr": lr}
         # Every worker joins the mean, even one whose steps were all skipped, so the collective matches.
-        metrics.update(_mean_across_workers({k: v / max(1, count) for k, v in sums.items()}))
+        means = {k: v / max(1, count) for k, v in sums.items()}
+        means[SINCE_REPORT_KEY] = pacer.seconds_since_report()
+        means = _mean_across_workers(means)
+        report_due = pacer.due(means.pop(SINCE_REPORT_KEY))
+        metrics.update(means)
         if step.skip_nonfinite:
             metrics["skipped_steps"] = step.skipped
         sec_per_iter = elapsed / max(1, iters_timed)
@@ -411,6 +417,8 @@ def _train(config: Dict[str, Any]) -> None:
                 metrics["saved_best"] = best.key
             if best is not None:
                 metrics[f"best_{best.key}"] = best.score
+        # The next interval's time includes this one's checkpoint and report (MMSeg's time: all but validation).
+        next_tic = time.perf_counter()
         bad_samples = config.get("bad_samples")
         if rank == 0 and bad_samples is not None and bad_samples.skip:
             # After validation, so samples it skipped count too; the ingest reads ahead of training, so this
@@ -428,10 +436,13 @@ def _train(config: Dict[str, Any]) -> None:
                     hooks.call("before_save_checkpoint", it, checkpoint=extra)
                     save_train_state(tmp, model, optimizer, done, spec.config, extra=extra)
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"iter_{done:08d}")
+                ray.train.report(pacer.with_held(metrics), checkpoint=ckpt,
+                                 checkpoint_dir_name=f"iter_{done:08d}")
+        elif is_eval or report_due:
+            ray.train.report(pacer.with_held(metrics))
         else:
-            ray.train.report(metrics)
-        tic = time.perf_counter()
+            pacer.hold(metrics)
+        tic = next_tic
         iters_timed = 0
         data_seconds = 0.0
     hooks.call("after_run", max_iters)

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from ray.train import UserCallback
 
+from rayseg.engine.reporting import HELD_KEY
 from rayseg.tune.space import Domain, decode_sample, describe_value
 
 DONE = "__rayseg_trial_done__"
@@ -39,7 +40,7 @@ class TrialReportCallback(UserCallback):
     def after_report(self, run_context, metrics: List[Dict[str, Any]], checkpoint) -> None:
         if not metrics:
             return
-        record = {k: v for k, v in metrics[0].items() if k not in ("per_class", "replica")}
+        record = {k: v for k, v in metrics[0].items() if k not in ("per_class", "replica", HELD_KEY)}
         self.queue.put({"metrics": record, "checkpoint": checkpoint})
 
 

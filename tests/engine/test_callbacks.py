@@ -5,6 +5,7 @@ The callback is called directly with what Ray Train would pass; MLflow is a real
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -73,6 +74,33 @@ def test_reports_go_to_both_logs_and_mlflow_once(tmp_path, mlflow_run):
     assert set(client.get_run(run.run_id).data.metrics) == {"train/lr", "train/loss", *(f"val/{k}" for k in VAL)}
     # A new callback over the same log (a resumed job) starts after what is already written.
     assert TrainLogCallback(str(log)).last_iter == 4
+
+
+def test_held_log_records_are_written_in_order_with_their_own_times(tmp_path, mlflow_run):
+    """Records the loop held back (so as not to block on Ray Train's one-slot result queue) arrive with the
+    next report; each is written in order, stamped when the worker logged it."""
+    from rayseg.engine.reporting import HELD_KEY, ReportPacer
+    from rayseg.tracking import MlflowRun
+
+    shared, client = mlflow_run
+    run = MlflowRun(shared.tracking_uri, client.create_run(client.get_run(shared.run_id).info.experiment_id).info.run_id)
+    log = tmp_path / "work" / "log.jsonl"
+    cb = TrainLogCallback(str(log), run.tracking_uri, run.run_id, max_iters=8)
+    pacer = ReportPacer(interval_s=2.0)
+    pacer.hold({"iter": 2, "lr": 0.1, "loss": 1.0})
+    pacer.hold({"iter": 4, "lr": 0.1, "loss": 0.8})
+    pacer._held[0]["at"] = 1767225600.0  # 2026-01-01 00:00:00 UTC: a time train.log shows as logged
+    report = pacer.with_held({"iter": 6, "lr": 0.1, "loss": 0.6})
+    assert [r["metrics"]["iter"] for r in report[HELD_KEY]["held"]] == [2, 4]
+    cb.after_report(None, [report, dict(report)], None)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["iter"], r["loss"]) for r in records] == [(2, 1.0), (4, 0.8), (6, 0.6)]
+    assert all(HELD_KEY not in r for r in records)
+    first = (tmp_path / "work" / "train.log").read_text().splitlines()[0]
+    assert first.startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1767225600.0)))
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert [m.timestamp for m in history if m.step == 2] == [1767225600000]
+    assert pacer.with_held({"iter": 8})[HELD_KEY]["held"] == []  # nothing held twice
 
 
 def test_best_checkpoint_is_copied_and_replicas_recorded(tmp_path):
