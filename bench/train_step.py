@@ -1,6 +1,6 @@
 """Benchmark: rayseg's Ray Train loop against a plain single-process PyTorch loop, and 1 vs 2 workers.
 
-    python bench/train_step.py [--iters 60] [--batch 4] [--size 128] [--threads 2]
+    python bench/train_step.py [--iters 200] [--warmup 50] [--batch 4] [--size 128] [--threads 2]
 
 Same model (the demo's slim ResNetV1c-18 D8 + FCN), same data (synthetic shapes written to a temp folder,
 decoded and augmented by the same pipeline), same total threads. Throughput is samples/s in steady state:
@@ -130,8 +130,8 @@ def gpu_benchmark(steps: int = 20) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--batch", type=int, default=4, help="samples per worker per iteration")
     parser.add_argument("--size", type=int, default=128, help="crop size")
     parser.add_argument("--threads", type=int, default=2)
