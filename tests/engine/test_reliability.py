@@ -272,7 +272,8 @@ def test_ctrl_c_stops_cleanly_and_a_torn_checkpoint_is_skipped_on_resume(ray_hea
 def test_sigterm_stops_cleanly_with_exit_143(ray_head, demo_data, tmp_path):
     work = tmp_path / "run"
     out = tmp_path / "out.txt"
-    proc = start(train_cmd(work, demo_data, "runner.max_iters=200", "checkpoint_config.interval=100",
+    # A first checkpoint far away: the tiny model runs ~15 iterations a second, so 100 came before SIGTERM did.
+    proc = start(train_cmd(work, demo_data, "runner.max_iters=5000", "checkpoint_config.interval=5000",
                            "log_config.interval=1", "evaluation.interval=0", "scaling.num_workers=1"),
                  out, dict(os.environ, RAY_ADDRESS=ray_head.address))
     try:
