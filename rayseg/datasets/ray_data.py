@@ -276,7 +276,9 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
     import ray.data
 
     from rayseg.datasets import decoded_cache
+    from rayseg.datasets.executor_pacing import pace_idle_executor
 
+    pace_idle_executor()  # the stream is usually ahead of training: keep its executor from spinning meanwhile
     num_blocks = max(1, min(200, math.ceil(num_rows / (_READ_BATCH * 4))))
     dataset = _strip_normalize(dataset)
     if decoded_cache.should_cache(cache_decoded, dataset):

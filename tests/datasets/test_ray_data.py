@@ -117,3 +117,23 @@ def test_validation_is_split_completely_and_training_equally(ray_head):
             t.join(timeout=120)
     assert sorted(rows["val"][0] + rows["val"][1]) == [0, 1, 2, 3, 4]
     assert len(rows["train"][0]) == len(rows["train"][1])  # lockstep DDP needs equal shards
+
+
+def test_the_train_stream_paces_its_executor(ray_head, tmp_path):
+    """Ray Data 2.60's scheduling loop spins while the stream is ahead of training (its queues full):
+    rayseg's streams carry a callback that holds the loop to one step per MIN_STEP_S."""
+    import time
+
+    from rayseg.datasets.executor_pacing import MIN_STEP_S, IdleExecutorPacer
+    from rayseg.datasets.ray_data import build_train_stream
+
+    stream = build_train_stream(make_tagged_dataset(tmp_path), num_rows=4, seed=0, num_actors=1,
+                                actor_num_cpus=0.5)
+    assert IdleExecutorPacer in stream.context.execution_callback_classes
+    assert len(stream.take_all()) == 4
+
+    pacer = IdleExecutorPacer()
+    start = time.monotonic()
+    for _ in range(6):
+        pacer.on_execution_step(executor=None)
+    assert time.monotonic() - start >= 5 * MIN_STEP_S
