@@ -12,6 +12,10 @@ uint8 torch batches of ``--batch`` to a consumer in this process, with ``--procs
     dataloader : torch.utils.data.DataLoader(num_workers=--procs, persistent_workers=True), the same
                  dataset's prepare_train on the same file bytes
 
+``--bytes-from parquet`` (with ``--cache-decoded false``) first packs every training sample's encoded image and
+mask into one Parquet file and has the stream's read step take the bytes from it (memory-mapped) rather than
+opening two small files per sample: the "encoded bytes packed in Parquet" lever of issue #16, measured only here.
+
 Rates are images/s in steady state (after the first ``--warmup`` batches); ``first_batch_s`` is the time
 from building the stream to its first batch. The limit is --procs × the single-core decode+augment rate
 measured in this process first. The last line is machine-readable:
@@ -24,6 +28,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -80,10 +85,67 @@ def _steady_rate(batches, batch_size: int, warmup: int, images: int) -> tuple:
     return first, seen / (time.perf_counter() - steady_start)
 
 
+def pack_parquet(dataset, path: str) -> float:
+    """Write every sample's encoded image and mask bytes to one Parquet file (row i = sample i); seconds taken."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    imgs, segs = [], []
+    for s in dataset.samples:
+        with open(s["img_path"], "rb") as f:
+            imgs.append(f.read())
+        with open(s["seg_path"], "rb") as f:
+            segs.append(f.read())
+    pq.write_table(pa.table({"img_bytes": pa.array(imgs, pa.binary()), "seg_bytes": pa.array(segs, pa.binary())}),
+                   path, row_group_size=32, compression="none")
+    return time.perf_counter() - start
+
+
+_PACKED = {}  # path -> the memory-mapped table, once per process (a functools cache would not pickle from __main__)
+
+
+def _packed_table(path: str):
+    import pyarrow.parquet as pq
+
+    if path not in _PACKED:
+        _PACKED[path] = pq.read_table(path, memory_map=True)
+    return _PACKED[path]
+
+
+def _read_packed_batch(batch, path: str, num_samples: int, seed: int):
+    """``rayseg.datasets.ray_data._read_stream_batch`` with the bytes taken from the packed Parquet file."""
+    from rayseg.datasets.ray_data import stream_indices
+
+    positions = batch["id"]
+    indices = stream_indices(positions, num_samples, seed, True)
+    rows = _packed_table(path).take(indices)
+    return {"position": positions.astype(np.int64), "index": indices.astype(np.int64),
+            "img_bytes": np.array(rows.column("img_bytes").to_pylist(), dtype=object),
+            "seg_bytes": np.array(rows.column("seg_bytes").to_pylist(), dtype=object)}
+
+
+def packed_train_stream(dataset, path: str, num_rows: int, num_actors: int):
+    """The uncached training stream of ``build_train_stream`` reading the bytes from ``path`` instead of files."""
+    import math
+
+    import ray.data
+
+    from rayseg.datasets import ray_data as rd
+
+    ds = ray.data.range(num_rows, override_num_blocks=max(1, min(200, math.ceil(num_rows / (rd._READ_BATCH * 4)))))
+    ds = ds.map_batches(_read_packed_batch, batch_size=rd._READ_BATCH,
+                        fn_kwargs={"path": path, "num_samples": len(dataset.samples), "seed": 0})
+    return ds.map_batches(rd._PipelineActor, batch_size=rd._TRANSFORM_BATCH,
+                          fn_constructor_kwargs={"dataset": dataset, "mode": "train", "seed": 0},
+                          compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1.0)
+
+
 def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int, cache_decoded: str = "auto",
-                  prefetch_batches: int = 2) -> tuple:
+                  prefetch_batches: int = 2, packed: str = "") -> tuple:
     import ray
 
+    from rayseg.datasets.executor_pacing import pace_idle_executor
     from rayseg.datasets.ray_data import build_train_stream
     from rayseg.utils.ray_session import quiet_ray_data
 
@@ -92,8 +154,12 @@ def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int, cac
         quiet_ray_data()
         start = time.perf_counter()
         rows = (warmup + 2) * batch + images
-        stream = build_train_stream(dataset, rows, seed=0, num_actors=procs, actor_num_cpus=1.0,
-                                    cache_decoded=cache_decoded)
+        if packed:
+            pace_idle_executor()
+            stream = packed_train_stream(dataset, packed, rows, procs)
+        else:
+            stream = build_train_stream(dataset, rows, seed=0, num_actors=procs, actor_num_cpus=1.0,
+                                        cache_decoded=cache_decoded)
         batches = stream.iter_torch_batches(batch_size=batch, dtypes=None, drop_last=True,
                                             prefetch_batches=prefetch_batches)
         first, rate = _steady_rate(batches, batch, warmup, images)
@@ -159,7 +225,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-decoded", default="auto", choices=("auto", "true", "false"),
                         help="data.cache_decoded for the Ray Data stream (training's default: auto)")
     parser.add_argument("--prefetch-batches", type=int, default=2, help="iter_torch_batches' prefetch_batches")
+    parser.add_argument("--bytes-from", default="files", choices=("files", "parquet"),
+                        help="where the uncached stream reads encoded bytes: the image files, or all of them packed "
+                             "in one Parquet file first (needs --cache-decoded false)")
     args = parser.parse_args(argv)
+    if args.bytes_from == "parquet" and args.cache_decoded != "false":
+        parser.error("--bytes-from parquet times the uncached stream: add --cache-decoded false")
     if not os.path.isdir(os.path.join(args.data_root, "img_dir")):
         print(f"error: no CamVid at {args.data_root} (--data-root; jobs/prepare_camvid.py makes it)", file=sys.stderr)
         return 2
@@ -177,10 +248,18 @@ def main(argv=None) -> int:
           f"{args.procs} processes {limit:.1f} img/s")
     dl_first, dl_rate, _ = dataloader_rate(dataset, args.procs, args.batch, args.warmup, args.images)
     print(f"dataloader: first batch {dl_first:.2f} s, steady {dl_rate:.1f} img/s")
-    rd_first, rd_rate, _ = ray_data_rate(dataset, args.procs, args.batch, args.warmup, args.images,
-                                         args.cache_decoded, args.prefetch_batches)
+    packed = ""
+    with tempfile.TemporaryDirectory(prefix="rayseg-ingest-") as tmp:
+        if args.bytes_from == "parquet":
+            packed = os.path.join(tmp, "train.parquet")
+            took = pack_parquet(dataset, packed)
+            files = sum(os.path.getsize(s[k]) for s in dataset.samples for k in ("img_path", "seg_path"))
+            print(f"packed {2 * len(dataset.samples)} files ({files / 1e6:.1f} MB) into one Parquet file "
+                  f"({os.path.getsize(packed) / 1e6:.1f} MB) in {took:.2f} s")
+        rd_first, rd_rate, _ = ray_data_rate(dataset, args.procs, args.batch, args.warmup, args.images,
+                                             args.cache_decoded, args.prefetch_batches, packed)
     print(f"ray_data:   first batch {rd_first:.2f} s, steady {rd_rate:.1f} img/s (cache_decoded "
-          f"{args.cache_decoded}, prefetch_batches {args.prefetch_batches})")
+          f"{args.cache_decoded}, prefetch_batches {args.prefetch_batches}, bytes from {args.bytes_from})")
     print(f"ingest: ray_data/dataloader={rd_rate / dl_rate:.3f} limit_fraction={rd_rate / limit:.3f} "
           f"first_batch_s={rd_first:.2f}")
     return 0
