@@ -35,7 +35,7 @@ def limited_root(root: str, limit: int, tmp: str) -> str:
     return tmp
 
 
-def time_eval(cfg, ckpt, workers: int, n: int) -> dict:
+def time_eval(cfg, ckpt, workers: int, n: int, use_gpu: bool = False) -> dict:
     from rayseg.apis.distributed_eval import evaluate_distributed
 
     marks = {}
@@ -44,7 +44,8 @@ def time_eval(cfg, ckpt, workers: int, n: int) -> dict:
     def on_progress(done: int) -> None:
         marks.setdefault("first", (time.perf_counter(), done))
 
-    results = evaluate_distributed(cfg, ckpt, split="val", num_workers=workers, progress=False, on_progress=on_progress)
+    results = evaluate_distributed(cfg, ckpt, split="val", num_workers=workers, use_gpu=use_gpu,
+                                   progress=False, on_progress=on_progress)
     total = time.perf_counter() - start
     first_t, first_n = marks["first"]
     steady = (n - first_n) / (start + total - first_t) if n > first_n else float("nan")
@@ -90,6 +91,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="use only the first N val images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="actor counts to time")
     parser.add_argument("--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per inference actor")
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(args.data_root, "img_dir", "val")):
         print(f"CamVid not found at {args.data_root} (expected img_dir/val; see jobs/prepare_camvid.py)")
@@ -121,11 +123,12 @@ def main() -> int:
     quiet_ray_data()
     # Untimed warm-up: the first Ray Data execution in a fresh cluster also pays for starting Ray's
     # worker processes; without it whichever actor count runs first would look slower.
-    time_eval(cfg, ckpt, max(args.workers), n)
+    time_eval(cfg, ckpt, max(args.workers), n, args.use_gpu)
     runs = {}
+    device = "GPU" if args.use_gpu else "CPU"
     for workers in args.workers:
-        runs[workers] = run = time_eval(cfg, ckpt, workers, n)
-        print(f"distributed eval, {workers} actor(s): {run['overall']:.2f} img/s overall ({run['total']:.1f} s "
+        runs[workers] = run = time_eval(cfg, ckpt, workers, n, args.use_gpu)
+        print(f"distributed eval, {workers} {device} actor(s): {run['overall']:.2f} img/s overall ({run['total']:.1f} s "
               f"for {n} images), first result after {run['first']:.1f} s, {run['steady']:.2f} img/s after that;"
               f" mIoU {run['results']['mIoU']:.2f}")
     first = runs[args.workers[0]]["results"]

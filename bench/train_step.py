@@ -10,8 +10,9 @@ the first ``--warmup`` iterations (Ray start-up, actor pools, allocator warm-up)
     rayseg x1  : jobs/train.py, 1 worker with --threads CPUs (decode + augment in Ray Data actors)
     rayseg x2  : jobs/train.py, 2 DDP workers with --threads/2 CPUs each, the same per-worker batch
 
-With a CUDA device it also reports step time, img/s and peak memory of PSPNet-R50-D8 at 512x1024, batch 2,
-in fp32 and bf16 (--gpu-only to run just that part).
+With a CUDA device it also reports step time, img/s and peak memory of PSPNet-R50-D8 and DeepLabV3+-R50-D8
+at 512x1024, batch 2, in fp32, bf16 autocast, bf16 + channels_last and bf16 + channels_last + torch.compile,
+beside MMSeg's published fp32 memory (--gpu-only to run just that part).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "configs", "demo", "fcn_r18-tiny_shapes.yaml")
 PSP_CONFIG = os.path.join(REPO, "configs", "pspnet", "pspnet_r50-d8_512x1024_40k_cityscapes.yaml")
+DLV3P_CONFIG = os.path.join(REPO, "configs", "deeplabv3plus", "deeplabv3plus_r50-d8_512x1024_40k_cityscapes.yaml")
 
 
 def _options(data_root: str, iters: int, batch: int, size: int) -> list:
@@ -91,41 +93,87 @@ def rayseg_run(data_root: str, iters: int, warmup: int, batch: int, size: int, w
     return workers * batch / sec_per_iter, sec_per_iter, data_per_iter
 
 
-def gpu_benchmark(steps: int = 20) -> None:
-    """PSPNet-R50-D8, 512x1024, batch 2: step time, img/s and peak memory in fp32 and bf16."""
+# MMSeg's published per-GPU training memory at batch 2, fp32 (its model zoo's "Mem (GB)" column).
+GPU_MODELS = {
+    "PSPNet-R50-D8": (PSP_CONFIG, 6.1),
+    "DeepLabV3+-R50-D8": (DLV3P_CONFIG, 7.5),
+}
+GPU_VARIANTS = ("fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile")
+
+
+def gpu_step_time(config: str, variant: str, steps: int, batch: int = 2) -> dict:
+    """Median training-step time of ``config``'s model at 512x1024 on the GPU in one ``variant``."""
     from rayseg.config import load_config
     from rayseg.models import build_segmentor
 
+    cfg = load_config(config, ["model.pretrained=null"])  # random weights: speed doesn't need ImageNet
+    torch.manual_seed(0)
+    model = build_segmentor(cfg["model"]).cuda().train()
+    dtype = torch.bfloat16 if "bf16" in variant else None
+    fmt = torch.channels_last if "channels_last" in variant else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    num_classes = cfg["model"]["decode_head"]["num_classes"]
+    img = torch.randn(batch, 3, 512, 1024, device="cuda").contiguous(memory_format=fmt)
+    seg = torch.randint(0, num_classes, (batch, 512, 1024), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            losses = model(img, seg)
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    run = torch.compile(step) if "compile" in variant else step
+    tic = time.perf_counter()
+    run()  # first step: cudnn autotuning, and for torch.compile the compilation
+    torch.cuda.synchronize()
+    first = time.perf_counter() - tic
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps + 3):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        stop.record()
+        stop.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(stop) / 1000)
+    step_s = float(np.median(times))
+    result = {"step_s": step_s, "img_s": batch / step_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+              "first_step_s": first}
+    del model, opt, run
+    torch.cuda.empty_cache()
+    return result
+
+
+def gpu_benchmark(steps: int = 20, variants=GPU_VARIANTS, out_json: str | None = None) -> None:
+    """PSPNet-R50-D8 and DeepLabV3+-R50-D8 at 512x1024, batch 2: step time, img/s and peak memory per variant."""
     if not torch.cuda.is_available():
         print("GPU benchmark: skipped (no CUDA device)")
         return
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(0)
-    for dtype in (None, torch.bfloat16):
-        cfg = load_config(PSP_CONFIG, ["model.pretrained=null"])  # random weights: speed doesn't need ImageNet
-        model = build_segmentor(cfg["model"]).cuda().train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        img = torch.randn(2, 3, 512, 1024, device="cuda")
-        seg = torch.randint(0, 19, (2, 512, 1024), device="cuda")
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for i in range(steps + 5):
-            torch.cuda.synchronize()
-            tic = time.perf_counter()
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                losses = model(img, seg)
-            loss = sum(v for k, v in losses.items() if "loss" in k)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            torch.cuda.synchronize()
-            if i >= 5:
-                times.append(time.perf_counter() - tic)
-        step = float(np.median(times))
-        label = "bf16" if dtype is not None else "fp32"
-        print(f"GPU {name} PSPNet-R50-D8 512x1024 batch 2 {label}: step {step * 1000:.1f} ms, "
-              f"{2 / step:.2f} img/s, peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-        del model, opt
+    print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}")
+    rows = []
+    # variant-major, so the slow torch.compile variants come last
+    for variant in variants:
+        for model_name, (config, mmseg_gb) in GPU_MODELS.items():
+            try:
+                r = gpu_step_time(config, variant, steps)
+            except Exception as exc:  # one variant failing (e.g. torch.compile) must not hide the others
+                print(f"{model_name} {variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            rows.append({"model": model_name, "variant": variant, **r, "mmseg_fp32_gb": mmseg_gb})
+            # MMSeg's "GB" column is torch.cuda.max_memory_allocated() / 2**30 too (mmcv's logger)
+            print(f"{model_name} 512x1024 batch 2 {variant:27s}: step {r['step_s'] * 1000:7.1f} ms, "
+                  f"{r['img_s']:6.2f} img/s, peak memory {r['peak_gib']:5.2f} GiB (MMSeg fp32: {mmseg_gb} GB), "
+                  f"first step {r['first_step_s']:.1f} s", flush=True)
+            if out_json:  # after every row: a run stopped at its time limit keeps what it measured
+                with open(out_json, "w") as f:
+                    json.dump({"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "rows": rows},
+                              f, indent=1)
 
 
 def main() -> int:
@@ -136,6 +184,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="crop size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu-only", action="store_true")
+    parser.add_argument("--gpu-steps", type=int, default=20, help="timed steps per GPU variant (median reported)")
+    parser.add_argument("--gpu-variants", nargs="+", default=list(GPU_VARIANTS), choices=GPU_VARIANTS)
+    parser.add_argument("--gpu-json", help="also write the GPU figures as JSON here")
     args = parser.parse_args()
     if not args.gpu_only:
         from rayseg.datasets.demo import make_demo_dataset
@@ -157,7 +208,7 @@ def main() -> int:
         print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({two / one:.3f}x 1 worker); "
               f"{two_it * 1000:.1f} ms/it, waiting for data {two_data * 1000:.1f}")
         print(f"train_step: rayseg_1w/plain={one / plain:.3f} 2w/1w={two / one:.3f}")
-    gpu_benchmark()
+    gpu_benchmark(args.gpu_steps, args.gpu_variants, args.gpu_json)
     return 0
 
 
