@@ -7,9 +7,11 @@
 # 2. jobs/train.py, 1 GPU worker, fp32 / bf16 AMP + channels_last / fp16 AMP (GradScaler) + channels_last:
 #    each must train, validate and write latest.pth
 # 3. jobs/test.py and jobs/predict.py with --use-gpu against CPU on the fp32 checkpoint: same metrics, same labels
-# 4. bench/train_step.py --gpu-only: PSPNet / DeepLabV3+ R50-D8 at 512x1024, fp32, bf16, channels_last, compile
+# 4. bench/train_step.py --gpu-only: PSPNet / DeepLabV3+ R50-D8 at 512x1024, fp32, bf16, bf16 + channels_last
 # 5. bench/gpu_feed.py: Ray Data feeding the GPU against the GPU-only step rate
 # 6. bench/eval.py --use-gpu
+# 7. bench/train_step.py --gpu-only with torch.compile (last: it compiles for minutes)
+# A GPU image without Ray/MLflow/albumentations: bench/make_gpu_site.sh packs them into .devsite/ beforehand.
 # Every step has its own time limit inside GPU_CHECK_BUDGET_S (default 560 s); one that fails does not stop
 # the rest. summary.txt gets one line per step, logs.tgz every log.
 set -u
@@ -113,14 +115,20 @@ wait $LANE
 train fp16 "amp={enabled: true, dtype: fp16}" channels_last=true cudnn_benchmark=true
 wait $LANE2
 
-step train_step_gpu 240 $PY bench/train_step.py --gpu-only --gpu-steps 12 --gpu-json "$OUT_DIR/train_step_gpu.json"
+# torch.compile goes last: its compilation takes minutes (90 s for PSPNet on an H200, 2026-11-29)
+step train_step_gpu 150 $PY bench/train_step.py --gpu-only --gpu-steps 12 --gpu-json "$OUT_DIR/train_step_gpu.json" \
+    --gpu-variants fp32 bf16 bf16+channels_last
 grep "512x1024\|FAILED\|GPU:" "$OUT_DIR/logs/train_step_gpu.log" >> "$SUMMARY"
-step gpu_feed 200 $PY bench/gpu_feed.py --images 32 --iters 45 --warmup 15 --actors 2 8 --json "$OUT_DIR/gpu_feed.json"
+step gpu_feed 200 $PY bench/gpu_feed.py --images 24 --iters 40 --warmup 15 --actors 6 \
+    --precision "${GPU_FEED_PRECISION:-bf16+channels_last}" --json "$OUT_DIR/gpu_feed.json"
 grep "GPU\|rayseg,\|gpu_feed:" "$OUT_DIR/logs/gpu_feed.log" >> "$SUMMARY"
 EVAL=$WORK/evaldata
 $PY jobs/make_demo_data.py "$EVAL" --num-train 2 --num-val 40 --size 360 480 > /dev/null
 step eval_gpu 100 $PY bench/eval.py --data-root "$EVAL" --workers 1 $GPU_FLAG
 grep "actor\|identical" "$OUT_DIR/logs/eval_gpu.log" >> "$SUMMARY"
+step train_step_compile 240 $PY bench/train_step.py --gpu-only --gpu-steps 12 \
+    --gpu-json "$OUT_DIR/train_step_compile.json" --gpu-variants bf16+channels_last+compile
+grep "512x1024\|FAILED" "$OUT_DIR/logs/train_step_compile.log" >> "$SUMMARY"
 
 for w in "$WORK"/*/; do  # training logs of the runs, for whoever reads logs.tgz
     for f in train.log ray_workers.log; do [ -f "$w$f" ] && cp "$w$f" "$OUT_DIR/logs/$(basename "$w")_$f"; done

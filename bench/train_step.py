@@ -141,8 +141,16 @@ def gpu_step_time(config: str, variant: str, steps: int, batch: int = 2) -> dict
         if i >= 3:
             times.append(start.elapsed_time(stop) / 1000)
     step_s = float(np.median(times))
+    # The same steps back to back with one synchronisation at the end, as a training loop runs them: the CPU
+    # queues step i+1 while the GPU still works on step i.
+    torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for _ in range(steps):
+        run()
+    torch.cuda.synchronize()
+    stream_s = (time.perf_counter() - tic) / steps
     result = {"step_s": step_s, "img_s": batch / step_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-              "first_step_s": first}
+              "first_step_s": first, "stream_step_s": stream_s, "stream_img_s": batch / stream_s}
     del model, opt, run
     torch.cuda.empty_cache()
     return result
@@ -169,7 +177,7 @@ def gpu_benchmark(steps: int = 20, variants=GPU_VARIANTS, out_json: str | None =
             # MMSeg's "GB" column is torch.cuda.max_memory_allocated() / 2**30 too (mmcv's logger)
             print(f"{model_name} 512x1024 batch 2 {variant:27s}: step {r['step_s'] * 1000:7.1f} ms, "
                   f"{r['img_s']:6.2f} img/s, peak memory {r['peak_gib']:5.2f} GiB (MMSeg fp32: {mmseg_gb} GB), "
-                  f"first step {r['first_step_s']:.1f} s", flush=True)
+                  f"first step {r['first_step_s']:.1f} s; back to back {r['stream_img_s']:.2f} img/s", flush=True)
             if out_json:  # after every row: a run stopped at its time limit keeps what it measured
                 with open(out_json, "w") as f:
                     json.dump({"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "rows": rows},
