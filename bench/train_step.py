@@ -151,9 +151,7 @@ def gpu_step_time(config: str, variant: str, steps: int, batch: int = 2) -> dict
     stream_s = (time.perf_counter() - tic) / steps
     result = {"step_s": step_s, "img_s": batch / step_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
               "first_step_s": first, "stream_step_s": stream_s, "stream_img_s": batch / stream_s}
-    del model, opt, run
-    torch.cuda.empty_cache()
-    return result
+    return result  # the model and its memory go with this frame; callers empty the CUDA cache
 
 
 def gpu_benchmark(steps: int = 20, variants=GPU_VARIANTS, out_json: str | None = None) -> None:
@@ -170,6 +168,7 @@ def gpu_benchmark(steps: int = 20, variants=GPU_VARIANTS, out_json: str | None =
         for model_name, (config, mmseg_gb) in GPU_MODELS.items():
             try:
                 r = gpu_step_time(config, variant, steps)
+                torch.cuda.empty_cache()
             except Exception as exc:  # one variant failing (e.g. torch.compile) must not hide the others
                 print(f"{model_name} {variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 continue
