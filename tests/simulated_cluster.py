@@ -3,7 +3,7 @@
 ``SimulatedCluster`` starts this script and drives it (tests and bench/elastic.py use it). Tests start it as a subprocess because ``Cluster.shutdown`` resets process-global Ray state (the internal KV
 client, the recorded cluster address), which would break the test session's own connection to its Ray head.
 
-    python tests/simulated_cluster.py DASHBOARD_PORT NUM_WORKER_NODES
+    python tests/simulated_cluster.py DASHBOARD_PORT NUM_WORKER_NODES [HEAD_CPUS [NODE_CPUS]]
 
 Prints one JSON line ``{"address", "dashboard", "worker_node_ids"}`` once every node is up, then keeps the
 cluster running until stdin is closed. Meanwhile it takes commands on stdin, one per line, and answers each
@@ -35,13 +35,15 @@ def free_port() -> int:
 
 
 class SimulatedCluster:
-    """A ``ray.cluster_utils.Cluster`` (a head with 3 CPUs and ``num_nodes`` 1-CPU worker nodes offering
+    """A ``ray.cluster_utils.Cluster`` (a head with ``head_cpus`` CPUs and ``num_nodes`` worker nodes of ``node_cpus`` CPUs offering
     ``trainer_slot``) run by tests/simulated_cluster.py in its own process; ``remove``/``add`` worker nodes
     while it runs. ``env``: extra environment for every process of the cluster."""
 
-    def __init__(self, num_nodes: int = 2, env: Optional[Dict[str, str]] = None):
+    def __init__(self, num_nodes: int = 2, env: Optional[Dict[str, str]] = None, head_cpus: int = 3,
+                 node_cpus: int = 1):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), str(free_port()), str(num_nodes)],
+            [sys.executable, os.path.abspath(__file__), str(free_port()), str(num_nodes), str(head_cpus),
+             str(node_cpus)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()  # blocks until every node is up (or the script died)
         if not line:
@@ -82,6 +84,8 @@ class SimulatedCluster:
 
 def main() -> int:
     dashboard_port, num_workers = int(sys.argv[1]), int(sys.argv[2])
+    head_cpus = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    node_cpus = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     gcs_port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths live below it
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"  # inherited by every process of the cluster
@@ -92,11 +96,11 @@ def main() -> int:
     ray._private.utils.write_ray_address = lambda address, _=None: write_ray_address(address, temp_dir)
     node_args = {"node_ip_address": "127.0.0.1", "temp_dir": temp_dir}
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        **node_args, "gcs_server_port": gcs_port, "num_cpus": 3, "include_dashboard": True,
+        **node_args, "gcs_server_port": gcs_port, "num_cpus": head_cpus, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
     })
     try:
-        nodes = [cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, **node_args) for _ in range(num_workers)]
+        nodes = [cluster.add_node(num_cpus=node_cpus, resources={"trainer_slot": 1}, **node_args) for _ in range(num_workers)]
         cluster.wait_for_nodes()
         print(json.dumps({"address": cluster.address, "dashboard": f"http://127.0.0.1:{dashboard_port}",
                           "worker_node_ids": [n.node_id for n in nodes]}), flush=True)
@@ -107,7 +111,7 @@ def main() -> int:
                 cluster.remove_node(by_id.pop(command[1]))
                 print(json.dumps({"removed": command[1]}), flush=True)
             elif command == ["add"]:
-                node = cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, **node_args)
+                node = cluster.add_node(num_cpus=node_cpus, resources={"trainer_slot": 1}, **node_args)
                 by_id[node.node_id] = node
                 print(json.dumps({"added": node.node_id}), flush=True)
             else:
