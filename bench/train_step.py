@@ -76,15 +76,76 @@ def plain_loop(data_root: str, iters: int, warmup: int, batch: int, size: int, t
     return (iters - warmup) * batch / (time.perf_counter() - start)
 
 
+def _logged_iter(work: str) -> int:
+    try:
+        with open(os.path.join(work, "log.jsonl")) as f:
+            return max([json.loads(line).get("iter", 0) for line in f if line.strip()] or [0])
+    except (OSError, ValueError):
+        return 0
+
+
+def _cpu_seconds(root) -> dict:
+    """CPU seconds (user + system) so far of ``root`` and every process below it, by process title."""
+    import psutil
+
+    totals = {}
+    for proc in [root] + root.children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline()[:1]) or proc.name()
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        key = (proc.pid, _process_group(title))
+        totals[key] = times.user + times.system
+    return totals
+
+
+def _process_group(title: str) -> str:
+    """A readable group for a process title (Ray sets its workers' titles to ``ray::Class.method``)."""
+    if title.startswith("ray::"):
+        name = title[5:].split(".")[0].split(":")[0].split()[0]
+        return "Ray worker/actor " + ("(idle)" if name in ("IDLE", "") else name)
+    for part in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "agent"):
+        if part in title:
+            return "Ray daemon " + part
+    return "driver (jobs/train.py)" if "jobs/train.py" in title or "python" in title else title[:40]
+
+
+def cpu_breakdown(start: dict, end: dict, wall: float) -> list:
+    """(group, CPU seconds, share of both cores) between two _cpu_seconds snapshots, largest first."""
+    groups = {}
+    for key, seconds in end.items():
+        groups[key[1]] = groups.get(key[1], 0.0) + seconds - start.get(key, 0.0)
+    cores = os.cpu_count() or 1
+    return sorted(((g, s, s / (wall * cores)) for g, s in groups.items()), key=lambda r: -r[1])
+
+
 def rayseg_run(data_root: str, iters: int, warmup: int, batch: int, size: int, workers: int, cpus: int,
-               work: str) -> float:
-    """Samples/s of jobs/train.py in steady state, from the s/it the loop logs every 5 iterations."""
+               work: str, cpu_report: list | None = None) -> float:
+    """Samples/s of jobs/train.py in steady state, from the s/it the loop logs every 5 iterations.
+
+    ``cpu_report``: a list that receives the CPU seconds of every process of the run (driver, Ray daemons,
+    the training worker, the data actors) between the end of the warm-up and the last logged iterations."""
+    import psutil
+
     options = _options(data_root, iters, batch, size) + [
         f"scaling.num_workers={workers}", f"scaling.resources_per_worker={{CPU: {cpus}}}"]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([sys.executable, "jobs/train.py", CONFIG, "--work-dir", work, "--cfg-options", *options],
-                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "jobs/train.py", CONFIG, "--work-dir", work, "--cfg-options", *options],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cpu_report is not None:
+        root = psutil.Process(proc.pid)
+        snapshots = []
+        for mark in (warmup + 5, iters - 15):  # log.jsonl lags the loop by up to ~2 s; stay clear of the end
+            while proc.poll() is None and _logged_iter(work) < mark:
+                time.sleep(0.05)
+            snapshots.append((time.perf_counter(), _cpu_seconds(root)))
+        if proc.poll() is None:
+            (t0, a), (t1, b) = snapshots
+            cpu_report.extend(cpu_breakdown(a, b, t1 - t0))
+    if proc.wait() != 0:
+        raise RuntimeError(f"jobs/train.py failed (rc {proc.returncode}); run it by hand to see why")
     with open(os.path.join(work, "log.jsonl")) as f:
         records = [json.loads(line) for line in f]
     steady = [r for r in records if r["iter"] > warmup]
@@ -202,8 +263,9 @@ def main() -> int:
             data = os.path.join(tmp, "data")
             make_demo_dataset(data, num_train=64, num_val=4, size=(args.size, args.size), seed=0)
             plain = plain_loop(data, args.iters, args.warmup, args.batch, args.size, args.threads)
+            cpu = []
             one, one_it, one_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 1, args.threads,
-                             os.path.join(tmp, "w1"))
+                                               os.path.join(tmp, "w1"), cpu_report=cpu)
             two, two_it, two_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 2, max(1, args.threads // 2),
                              os.path.join(tmp, "w2"))
         print(f"cores: {os.cpu_count()}, threads: {args.threads}, batch/worker: {args.batch}, crop {args.size}px, "
@@ -214,6 +276,11 @@ def main() -> int:
               f"{(1 - one / plain) * 100:+.1f}%); {one_it * 1000:.1f} ms/it, waiting for data {one_data * 1000:.1f}")
         print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({two / one:.3f}x 1 worker); "
               f"{two_it * 1000:.1f} ms/it, waiting for data {two_data * 1000:.1f}")
+        if cpu:
+            print("where the CPU went during rayseg's 1-worker steady state (CPU seconds, share of all cores):")
+            for group, seconds, share in cpu:
+                if seconds >= 0.05:
+                    print(f"  {group:45s} {seconds:7.2f} s  {share * 100:5.1f} %")
         print(f"train_step: rayseg_1w/plain={one / plain:.3f} 2w/1w={two / one:.3f}")
     gpu_benchmark(args.gpu_steps, args.gpu_variants, args.gpu_json)
     return 0

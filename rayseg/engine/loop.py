@@ -22,7 +22,8 @@ from rayseg.engine.evaluate import PER_CLASS_KEYS, evaluate_shard, flatten_eval_
 from rayseg.engine.hooks import HookList, HookRunner
 from rayseg.engine.precision import precision_settings
 from rayseg.engine.progress import ProgressEmitter
-from rayseg.engine.reporting import SINCE_REPORT_KEY, ReportPacer, report_interval_s
+from rayseg.engine.reporting import (QUEUE_BUSY_KEY, SINCE_REPORT_KEY, ReportPacer, report_interval_s,
+                                     result_queue_busy)
 from rayseg.engine.step import TrainStep
 from rayseg.engine.sync_bn import convert_sync_batchnorm
 from rayseg.custom_imports import import_custom_modules
@@ -377,8 +378,9 @@ def _train(config: Dict[str, Any]) -> None:
         # Every worker joins the mean, even one whose steps were all skipped, so the collective matches.
         means = {k: v / max(1, count) for k, v in sums.items()}
         means[SINCE_REPORT_KEY] = pacer.seconds_since_report()
+        means[QUEUE_BUSY_KEY] = result_queue_busy()
         means = _mean_across_workers(means)
-        report_due = pacer.due(means.pop(SINCE_REPORT_KEY))
+        report_due = pacer.due(means.pop(SINCE_REPORT_KEY), means.pop(QUEUE_BUSY_KEY))
         metrics.update(means)
         if step.skip_nonfinite:
             metrics["skipped_steps"] = step.skipped

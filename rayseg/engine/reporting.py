@@ -18,6 +18,22 @@ from typing import Any, Dict, Iterator, List, Tuple
 # {"at": unix time, "held": [{"at": unix time, "metrics": {...}}, ...]}.
 HELD_KEY = "_logged"
 SINCE_REPORT_KEY = "_seconds_since_report"  # averaged across workers so that every rank decides alike
+QUEUE_BUSY_KEY = "_result_queue_busy"  # likewise: > 0 when any worker's result queue still holds a report
+
+
+def result_queue_busy() -> float:
+    """1.0 while this worker's Ray Train result queue still holds the last report (the controller has not
+    polled since), else 0.0: reporting now would block until the next poll.
+
+    Ray exposes the queue only on its internal TrainContext; where that is missing (another Ray, or outside
+    a Train worker) this says 0.0 and the pacer falls back to the poll interval alone.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        return 1.0 if get_train_context().get_result_queue().full() else 0.0
+    except Exception:  # any change in Ray's internals: pace by time only
+        return 0.0
 
 
 def report_interval_s() -> float:
@@ -42,9 +58,12 @@ class ReportPacer:
     def seconds_since_report(self) -> float:
         return time.monotonic() - self._last
 
-    def due(self, seconds_since_report: float) -> bool:
-        """True once the controller has polled since the last report (so this one is taken at once)."""
-        return seconds_since_report >= self.interval_s
+    def due(self, seconds_since_report: float, queue_busy: float = 0.0) -> bool:
+        """True once the controller has polled since the last report (so this one is taken at once): a poll
+        interval has passed and no worker's result queue still holds a report. The controller's polls come
+        later than the interval on a busy machine (each waits for the last to finish); measured 2026-11-29 on
+        2 cores, pacing by time alone left the training thread blocked in ``ray.train.report`` half the time."""
+        return seconds_since_report >= self.interval_s and queue_busy == 0.0
 
     def hold(self, metrics: Dict[str, Any]) -> None:
         self._held.append({"at": time.time(), "metrics": metrics})

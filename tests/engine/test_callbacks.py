@@ -118,3 +118,17 @@ def test_best_checkpoint_is_copied_and_replicas_recorded(tmp_path):
     kept = torch.load(tmp_path / "run" / "best_mIoU" / "checkpoint.pt", weights_only=True)
     assert kept["meta"]["iter"] == 4
     assert json.loads((tmp_path / "work" / "replicas.json").read_text()) == replicas
+
+
+def test_a_log_report_waits_while_any_result_queue_is_full():
+    """Ray Train's result queue holds one report; reporting into a full one blocks the training thread until
+    the controller's next poll, so a log report is due only after the poll interval AND with every queue empty
+    (the loop averages the busy flag across workers, so any rank's full queue holds everyone's)."""
+    from rayseg.engine.reporting import ReportPacer, result_queue_busy
+
+    pacer = ReportPacer(interval_s=2.0)
+    assert not pacer.due(1.0, queue_busy=0.0)  # too early: the controller has not polled yet
+    assert pacer.due(2.5, queue_busy=0.0)
+    assert not pacer.due(2.5, queue_busy=1.0)  # this worker's last report is still in its queue
+    assert not pacer.due(2.5, queue_busy=0.5)  # one of two workers' queues is full
+    assert result_queue_busy() == 0.0  # outside a Ray Train worker there is no queue: pace by time alone
