@@ -79,11 +79,15 @@ def test_mmseg_checkpoint_gives_mmseg_logits(arch):
         logits = model.inference(x)[..., ::stride, ::stride]
         out = model(x)["out"][..., ::stride, ::stride]
     assert logits.shape == expected.shape
-    # The reference is not trivially small, so a tolerance of 1e-4 is a real check.
+    # The reference is not trivially small, so a tolerance of 1e-4 is a real check. It scales with the logits'
+    # size: float32 sums in the attention heads (NonLocal's logits reach 44, DANet's 13) differ by a few
+    # 1e-4 between CPUs (an AMD EPYC gave 3.1e-4 and 1.1e-4 on 2026-11-30; the reference came from another
+    # machine), ~7e-6 of the logits' size, while a wrong weight mapping is off by whole units.
+    scale = max(1.0, expected.abs().max().item())
     assert expected.abs().max() > 0.1
     diff = (logits - expected).abs().max().item()
-    assert diff < TOL, f"{arch}: max |rayseg - MMSeg| = {diff:.3g}"
-    assert (out - expected).abs().max().item() < TOL
+    assert diff < TOL * scale, f"{arch}: max |rayseg - MMSeg| = {diff:.3g} (limit {TOL * scale:.3g})"
+    assert (out - expected).abs().max().item() < TOL * scale
 
 
 @pytest.mark.parametrize("arch", ["fcn", "segformer", "ocrnet"])
