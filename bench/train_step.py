@@ -1,12 +1,15 @@
 """Benchmark: rayseg's Ray Train loop against a plain single-process PyTorch loop, and 1 vs 2 workers.
 
-    python bench/train_step.py [--iters 200] [--warmup 50] [--batch 4] [--size 128] [--threads 2]
+    python bench/train_step.py [--rounds 3] [--iters 200] [--warmup 50] [--batch 4] [--size 128] [--threads 2]
 
 Same model (the demo's slim ResNetV1c-18 D8 + FCN), same data (synthetic shapes written to a temp folder,
 decoded and augmented by the same pipeline), same total threads. Throughput is samples/s in steady state:
 the first ``--warmup`` iterations (Ray start-up, actor pools, allocator warm-up) are left out of both.
 
     plain loop : one process, torch threads = --threads, decode + augment inline, SGD step
+    plain in Ray: the same loop as one Ray task with --threads CPUs, on a local Ray started as jobs/train.py
+                 starts it (dashboard on): what running beside Ray's processes alone costs, without Ray
+                 Train, Ray Data or rayseg's loop (--no-in-ray leaves it out)
     rayseg x1  : jobs/train.py, 1 worker with --threads CPUs (decode + augment in Ray Data actors)
     rayseg x2  : jobs/train.py, 2 DDP workers with --threads/2 CPUs each, the same per-worker batch
 
@@ -74,6 +77,32 @@ def plain_loop(data_root: str, iters: int, warmup: int, batch: int, size: int, t
         loss.backward()
         opt.step()
     return (iters - warmup) * batch / (time.perf_counter() - start)
+
+
+def _wait_until_idle(busy_below: float = 15.0, longest_s: float = 60.0) -> None:
+    """Return once the machine's CPU use over one second is below ``busy_below`` percent (or after
+    ``longest_s``)."""
+    import psutil
+
+    deadline = time.time() + longest_s
+    while time.time() < deadline and psutil.cpu_percent(interval=1.0) >= busy_below:
+        pass
+
+
+def plain_loop_in_ray(data_root: str, iters: int, warmup: int, batch: int, size: int, threads: int) -> float:
+    """Samples/s of :func:`plain_loop` run as a Ray task on a local Ray like jobs/train.py's (workers at Ray's
+    niceness, Ray's daemons and dashboard beside it): the share of the gap that is Ray's presence alone."""
+    import ray
+
+    from rayseg.utils.ray_session import connect_ray
+
+    connect_ray("local", num_cpus_needed=threads, dashboard=True)
+    try:
+        _wait_until_idle()  # Ray's own start-up (dashboard, prestarted workers) is not part of the comparison
+        task = ray.remote(num_cpus=threads)(plain_loop)
+        return float(ray.get(task.remote(data_root, iters, warmup, batch, size, threads)))
+    finally:
+        ray.shutdown()
 
 
 def _logged_iter(work: str) -> int:
@@ -244,6 +273,54 @@ def gpu_benchmark(steps: int = 20, variants=GPU_VARIANTS, out_json: str | None =
                               f, indent=1)
 
 
+def cpu_benchmark(args) -> None:
+    """The CPU comparison: ``args.rounds`` interleaved rounds of plain / plain in Ray / rayseg 1 and 2 workers."""
+    from rayseg.datasets.demo import make_demo_dataset
+
+    rows = []
+    cpu: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data")
+        make_demo_dataset(data, num_train=64, num_val=4, size=(args.size, args.size), seed=0)
+        shape = (data, args.iters, args.warmup, args.batch, args.size)
+        for r in range(args.rounds):
+            plain = plain_loop(*shape, args.threads)
+            in_ray = plain_loop_in_ray(*shape, args.threads) if args.in_ray else None
+            last = r == args.rounds - 1
+            one, one_it, one_data = rayseg_run(*shape, 1, args.threads, os.path.join(tmp, f"w1_{r}"),
+                                               cpu_report=cpu if last else None)
+            two, two_it, two_data = rayseg_run(*shape, 2, max(1, args.threads // 2), os.path.join(tmp, f"w2_{r}"))
+            rows.append(dict(plain=plain, in_ray=in_ray, one=one, one_it=one_it, one_data=one_data, two=two,
+                             two_it=two_it, two_data=two_data))
+            print(f"round {r + 1}/{args.rounds}: plain {plain:.2f}, " + (f"plain in Ray {in_ray:.2f}, " if in_ray else "")
+                  + f"rayseg 1 worker {one:.2f}, 2 workers {two:.2f} samples/s; rayseg_1w/plain {one / plain:.3f}",
+                  flush=True)
+    med = lambda key: float(np.median([row[key] for row in rows]))  # noqa: E731
+    ratio = lambda a, b: float(np.median([row[a] / row[b] for row in rows]))  # noqa: E731
+    plain, one, two = med("plain"), med("one"), med("two")
+    print(f"cores: {os.cpu_count()}, threads: {args.threads}, batch/worker: {args.batch}, crop {args.size}px, "
+          f"{args.iters} iterations ({args.warmup} warm-up left out); medians of {args.rounds} interleaved round(s)")
+    print(f"plain single-process loop : {plain:7.2f} samples/s; {args.batch / plain * 1000:.1f} ms/it "
+          f"(decode + augment inline)")
+    if args.in_ray:
+        print(f"plain loop as a Ray task  : {med('in_ray'):7.2f} samples/s  ({ratio('in_ray', 'plain'):.3f}x plain: "
+              f"Ray's processes beside it, no Ray Train/Data)")
+    print(f"rayseg, 1 worker          : {one:7.2f} samples/s  ({ratio('one', 'plain'):.3f}x plain; overhead "
+          f"{(1 - ratio('one', 'plain')) * 100:+.1f}%); {med('one_it') * 1000:.1f} ms/it, waiting for data "
+          f"{med('one_data') * 1000:.1f}")
+    print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({ratio('two', 'one'):.3f}x 1 worker); "
+          f"{med('two_it') * 1000:.1f} ms/it, waiting for data {med('two_data') * 1000:.1f}")
+    if cpu:
+        print("where the CPU went during the last round's rayseg 1-worker steady state (CPU seconds, share of all "
+              "cores):")
+        for group, seconds, share in cpu:
+            if seconds >= 0.05:
+                print(f"  {group:45s} {seconds:7.2f} s  {share * 100:5.1f} %")
+    tail = (f" in_ray/plain={ratio('in_ray', 'plain'):.3f} rayseg_1w/in_ray={ratio('one', 'in_ray'):.3f}"
+            if args.in_ray else "")
+    print(f"train_step: rayseg_1w/plain={ratio('one', 'plain'):.3f} 2w/1w={ratio('two', 'one'):.3f}{tail}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=200)
@@ -251,37 +328,18 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4, help="samples per worker per iteration")
     parser.add_argument("--size", type=int, default=128, help="crop size")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of plain / plain-in-Ray / rayseg runs, interleaved; the ratios reported are "
+                             "the medians of the rounds' ratios (a single run on a shared VM varies by +-10 %%)")
     parser.add_argument("--gpu-only", action="store_true")
+    parser.add_argument("--no-in-ray", dest="in_ray", action="store_false",
+                        help="leave out the plain loop run as a Ray task")
     parser.add_argument("--gpu-steps", type=int, default=20, help="timed steps per GPU variant (median reported)")
     parser.add_argument("--gpu-variants", nargs="+", default=list(GPU_VARIANTS), choices=GPU_VARIANTS)
     parser.add_argument("--gpu-json", help="also write the GPU figures as JSON here")
     args = parser.parse_args()
     if not args.gpu_only:
-        from rayseg.datasets.demo import make_demo_dataset
-
-        with tempfile.TemporaryDirectory() as tmp:
-            data = os.path.join(tmp, "data")
-            make_demo_dataset(data, num_train=64, num_val=4, size=(args.size, args.size), seed=0)
-            plain = plain_loop(data, args.iters, args.warmup, args.batch, args.size, args.threads)
-            cpu = []
-            one, one_it, one_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 1, args.threads,
-                                               os.path.join(tmp, "w1"), cpu_report=cpu)
-            two, two_it, two_data = rayseg_run(data, args.iters, args.warmup, args.batch, args.size, 2, max(1, args.threads // 2),
-                             os.path.join(tmp, "w2"))
-        print(f"cores: {os.cpu_count()}, threads: {args.threads}, batch/worker: {args.batch}, crop {args.size}px, "
-              f"{args.iters} iterations ({args.warmup} warm-up left out)")
-        print(f"plain single-process loop : {plain:7.2f} samples/s; {args.batch / plain * 1000:.1f} ms/it "
-              f"(decode + augment inline)")
-        print(f"rayseg, 1 worker          : {one:7.2f} samples/s  ({one / plain:.3f}x plain; overhead "
-              f"{(1 - one / plain) * 100:+.1f}%); {one_it * 1000:.1f} ms/it, waiting for data {one_data * 1000:.1f}")
-        print(f"rayseg, 2 workers (DDP)   : {two:7.2f} samples/s  ({two / one:.3f}x 1 worker); "
-              f"{two_it * 1000:.1f} ms/it, waiting for data {two_data * 1000:.1f}")
-        if cpu:
-            print("where the CPU went during rayseg's 1-worker steady state (CPU seconds, share of all cores):")
-            for group, seconds, share in cpu:
-                if seconds >= 0.05:
-                    print(f"  {group:45s} {seconds:7.2f} s  {share * 100:5.1f} %")
-        print(f"train_step: rayseg_1w/plain={one / plain:.3f} 2w/1w={two / one:.3f}")
+        cpu_benchmark(args)
     gpu_benchmark(args.gpu_steps, args.gpu_variants, args.gpu_json)
     return 0
 

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
@@ -210,15 +211,40 @@ class MlflowRun:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self._client = None
+        self._client_lock = threading.Lock()
         self._warned = False
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"], state["_client_lock"] = None, None  # neither travels to another process
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client_lock = threading.Lock()
 
     @property
     def client(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
+        with self._client_lock:  # warm_up_in_background may be making it on another thread
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            return self._client
+
+    def warm_up_in_background(self) -> threading.Thread:
+        """Import MLflow and open the tracking store on a daemon thread, so the first ``log_*`` call does not
+        pay for it (~1-2.5 s of CPU: the import, and for a database store its schema check)."""
+
+        def warm() -> None:
+            try:
+                self.client
+            except Exception:  # the first real call reports it, under the usual guard
+                pass
+
+        thread = threading.Thread(target=warm, name="rayseg-mlflow-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
         if self._warned:

@@ -81,6 +81,19 @@ class TrainLogCallback(UserCallback):
         # replayed; skipping them keeps log.jsonl and the MLflow history free of duplicate steps.
         self.last_iter = last_logged_iter(log_path)
 
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # Unpickled in the Train controller while the worker group starts. Opening MLflow here, on a
+        # background thread, keeps its import and store set-up (1.5-2.5 CPU-s) off the first training
+        # iterations: the first report used to pay it on the controller while training shared the CPUs.
+        self.__dict__.update(state)
+        run = self._mlflow()
+        self._warm_up = run.warm_up_in_background() if run is not None else None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_warm_up", None)  # a thread of the process that unpickled it
+        return state
+
     def _mlflow(self):
         if self._run is None and self.run_id:
             from rayseg.tracking import MlflowRun

@@ -132,3 +132,25 @@ def test_a_log_report_waits_while_any_result_queue_is_full():
     assert not pacer.due(2.5, queue_busy=1.0)  # this worker's last report is still in its queue
     assert not pacer.due(2.5, queue_busy=0.5)  # one of two workers' queues is full
     assert result_queue_busy() == 0.0  # outside a Ray Train worker there is no queue: pace by time alone
+
+
+def test_an_unpickled_callback_opens_mlflow_before_the_first_report(tmp_path, mlflow_run):
+    """In the Train controller the callback arrives pickled; it opens MLflow there on a background thread, so
+    the import and store set-up (1.5-2.5 CPU-s) do not land on the first training iterations."""
+    import pickle
+
+    from rayseg.tracking import MlflowRun
+
+    shared, client = mlflow_run
+    run = MlflowRun(shared.tracking_uri, client.create_run(client.create_experiment("warm-up")).info.run_id)
+    cb = TrainLogCallback(str(tmp_path / "log.jsonl"), run.tracking_uri, run.run_id, max_iters=4)
+    assert cb._run is None  # the driver's copy opens nothing
+    in_controller = pickle.loads(pickle.dumps(cb))
+    in_controller._warm_up.join(60)
+    assert in_controller._run._client is not None
+    again = pickle.loads(pickle.dumps(in_controller))  # the lock and the thread do not travel
+    again._warm_up.join(60)
+    again.after_report(None, [{"iter": 2, "lr": 0.1, "loss": 1.0}], None)
+    assert [m.step for m in client.get_metric_history(run.run_id, "train/loss")] == [2]
+    no_mlflow = pickle.loads(pickle.dumps(TrainLogCallback(str(tmp_path / "other.jsonl"))))
+    assert no_mlflow._warm_up is None
