@@ -149,6 +149,10 @@ def ray_data_rate(dataset, procs: int, batch: int, warmup: int, images: int, cac
     from rayseg.datasets.ray_data import build_train_stream
     from rayseg.utils.ray_session import quiet_ray_data
 
+    # iter_torch_batches imports Ray Train's torch helpers on its first batch (0.3 CPU-s idle); a training worker
+    # has them loaded before its stream starts, so the consumer here does too.
+    import ray.train.torch  # noqa: F401
+
     ray.init(address="local", num_cpus=procs + 1, include_dashboard=False, log_to_driver=False)
     try:
         quiet_ray_data()

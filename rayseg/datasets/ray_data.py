@@ -257,6 +257,38 @@ def _strip_normalize(dataset: Any) -> Any:
     return strip_normalize(dataset)
 
 
+def position_block_sizes(num_rows: int, first_rows: int) -> List[int]:
+    """Row counts of a training stream's position blocks: ``first_rows``, then doubling up to the steady size
+    (``num_rows / 200``, at least ``4 * _READ_BATCH``), then the steady size.
+
+    An actor hands on its output when it has finished an input block, so the first batch waits for the whole
+    first block: small first blocks bring it after a few samples, and the larger later blocks keep the
+    per-block overhead of Ray Data's scheduling down in steady state."""
+    steady = max(4 * _READ_BATCH, math.ceil(num_rows / 200))
+    sizes: List[int] = []
+    size = max(1, first_rows)
+    left = num_rows
+    while left > 0:
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        size = min(2 * size, steady)
+    return sizes
+
+
+def position_blocks(column: str, start_position: int, num_rows: int, first_rows: int):
+    """A Ray Dataset of stream positions ``start_position ..`` in one ``column``, as blocks of
+    ``position_block_sizes`` rows put by this process (``ray.data.range`` would need read tasks, each asking for a
+    whole CPU before the first batch, and ``from_items`` makes equal blocks)."""
+    import pyarrow as pa
+    import ray.data
+
+    blocks, begin = [], start_position
+    for size in position_block_sizes(num_rows, first_rows):
+        blocks.append(pa.table({column: pa.array(np.arange(begin, begin + size, dtype=np.int64))}))
+        begin += size
+    return ray.data.from_blocks(blocks)
+
+
 def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_position: int = 0,
                        num_actors: int = 1, actor_num_cpus: float = 1.0,
                        bad_samples: Optional[BadSamplePolicy] = None, min_actors: Optional[int] = None,
@@ -279,14 +311,11 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
     from rayseg.datasets.executor_pacing import pace_idle_executor
 
     pace_idle_executor()  # the stream is usually ahead of training: keep its executor from spinning meanwhile
-    num_blocks = max(1, min(200, math.ceil(num_rows / (_READ_BATCH * 4))))
     dataset = _strip_normalize(dataset)
     if decoded_cache.should_cache(cache_decoded, dataset):
         base, load_steps, cache = decoded_cache.submit(dataset, seed, start_position)
-        # The positions as blocks put by this process rather than ray.data.range (or from_numpy, which asks
-        # tasks for the blocks' metadata): no read task needing a whole CPU before the first batch.
-        positions = [{"position": p} for p in range(start_position, start_position + num_rows)]
-        return ray.data.from_items(positions, override_num_blocks=num_blocks).map_batches(
+        positions = position_blocks("position", start_position, num_rows, _TRANSFORM_BATCH)
+        return positions.map_batches(
             _CachedPipelineActor, batch_size=_TRANSFORM_BATCH,
             fn_constructor_kwargs={"dataset": base, "seed": seed, "cache": cache, "load_steps": load_steps,
                                    "bad_samples": bad_samples, "split": "data.train"},
@@ -294,9 +323,7 @@ def build_train_stream(dataset: Any, num_rows: int, seed: int = 0, start_positio
     samples = dataset.samples
     img_paths = [s["img_path"] for s in samples]
     seg_paths = [s.get("seg_path") for s in samples]
-    ds = ray.data.range(num_rows, override_num_blocks=num_blocks)
-    if start_position:
-        ds = ds.map_batches(lambda b: {"id": b["id"] + start_position}, batch_size=None)
+    ds = position_blocks("id", start_position, num_rows, _READ_BATCH)
     skip = bad_samples is not None and bad_samples.skip
     ds = ds.map_batches(_read_stream_batch, batch_size=_READ_BATCH,
                         fn_kwargs={"img_paths": img_paths, "seg_paths": seg_paths, "seed": seed, "shuffle": True,

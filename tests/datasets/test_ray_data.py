@@ -137,3 +137,30 @@ def test_the_train_stream_paces_its_executor(ray_head, tmp_path):
     for _ in range(6):
         pacer.on_execution_step(executor=None)
     assert time.monotonic() - start >= 5 * MIN_STEP_S
+
+
+def test_position_blocks_start_small_and_grow_to_the_steady_size():
+    from rayseg.datasets.ray_data import position_block_sizes
+
+    sizes = position_block_sizes(64000, 8)
+    assert sum(sizes) == 64000
+    assert sizes[:6] == [8, 16, 32, 64, 128, 256]
+    assert set(sizes[7:-1]) == {320}  # steady: 64000 rows / 200 blocks
+    assert len(sizes) <= 210
+    assert position_block_sizes(5, 8) == [5]
+    assert sum(position_block_sizes(2000, 16)) == 2000 and max(position_block_sizes(2000, 16)) == 64
+
+
+@pytest.mark.parametrize("cache_decoded", [True, False])
+def test_the_first_train_batch_leaves_the_actor_without_waiting_for_a_large_block(ray_head, tmp_path, cache_decoded):
+    """The first output block holds one transform batch (cached) or one read batch (uncached), not a whole
+    steady-size block; every row is still there."""
+    from rayseg.datasets.ray_data import _READ_BATCH, _TRANSFORM_BATCH, build_train_stream
+
+    ds = make_tagged_dataset(tmp_path)
+    stream = build_train_stream(ds, num_rows=300, seed=0, start_position=7, num_actors=1, actor_num_cpus=0.5,
+                                cache_decoded=cache_decoded)
+    bundles = list(stream.iter_internal_ref_bundles())
+    first = _TRANSFORM_BATCH if cache_decoded else _READ_BATCH
+    assert sum(b.num_rows() for b in bundles) == 300
+    assert bundles[0].num_rows() <= first < max(b.num_rows() for b in bundles)
