@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rayseg.config import dump_config
+from rayseg.datasets.ray_data_warmup import warm_up_ray_data
 from rayseg.engine.interrupt import RunInterrupted, interruptible, stop_signals_raise
 from rayseg.engine.progress import WORKER_STDERR_LOG, TrainingConsole
 from rayseg.engine.storage import check_storage_for_cluster
@@ -294,6 +295,7 @@ def _run(spec: RunSpec, checked, run_dir: str, start_iter: int, resume_from: Opt
     signal (``RunInterrupted``) comes back saying where the run stood."""
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
     connect_ray(address, num_cpus_needed=math.ceil(cpus_needed(spec)), dashboard=True)
+    warm_up_ray_data()  # Ray Data's cluster actors start while this driver sets up, off the first batch's path
     with stop_signals_raise():  # after ray.init, which installs a SIGTERM handler of its own
         try:
             return _fit(spec, checked, run_dir, start_iter, resume_from, init_weights, address, callbacks,

@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any, Dict, Optional
 
+from rayseg.datasets.ray_data_warmup import warm_up_ray_data
 from rayseg.errors import ConfigError
 from rayseg.tune.recording import (BEST_CONFIG_FILE, TABLE_FILE, TrialEndRecorder, finish_parent_run,
                                    format_table, start_parent_run, trial_rows, write_best_config, write_table)
@@ -115,6 +116,7 @@ def run_sweep(sweep: SweepSpec, address: Optional[str] = None, resume: bool = Fa
     if resume and not restorable:
         raise ConfigError(f"--resume: no sweep to continue in {experiment_path}")
     connect_ray(address, num_cpus_needed=math.ceil(cpus), dashboard=True)
+    warm_up_ray_data()  # Ray Data's cluster actors start now, off the first trial's first batch
     import ray
 
     max_concurrent = concurrent_trials(sweep, ray.cluster_resources())
