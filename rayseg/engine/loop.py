@@ -84,15 +84,31 @@ def _free_cpus_text() -> str:
 
 class _BatchStream:
     """Endless view over the shard's single training stream; a clear error if it runs dry, and a DataError
-    instead of a silent hang if the first batch does not arrive within ``first_batch_timeout_s``."""
+    instead of a silent hang if the first batch does not arrive within ``first_batch_timeout_s``.
+
+    The first batch is requested as soon as the stream is made, on a helper thread: Ray Data starts its
+    executor and decode/augment actors only when a consumer asks, and that start-up (a few seconds of process
+    starts) then overlaps the worker's own set-up (model, restore, DDP) instead of following it.
+    """
 
     def __init__(self, shard, batch_size: int, device, first_batch_timeout_s: Optional[float] = None):
+        import threading
+
         # Pinned host memory lets the host→GPU copy run asynchronously; it means nothing on CPU.
         self._it: Iterator = iter(shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, device=device, pin_memory=device.type == "cuda",
             dtypes={"img": torch.uint8, "gt_semantic_seg": torch.uint8}))
         self._first_timeout = first_batch_timeout_s
+        self._first_box: Optional[Dict[str, Any]] = {}
+        self._first_helper = threading.Thread(target=self._fetch_first, name="rayseg-first-batch", daemon=True)
+        self._first_helper.start()
         self._held: Optional[Dict[str, torch.Tensor]] = None  # rows of a batch that ``take`` has not used yet
+
+    def _fetch_first(self) -> None:
+        try:
+            self._first_box["batch"] = next(self._it)
+        except BaseException as exc:  # handed to the training thread by _first
+            self._first_box["error"] = exc
 
     def take(self, rows: int, iteration: int) -> Dict[str, torch.Tensor]:
         """The next ``rows`` rows, whatever the stream's batch size (elastic micro-batches vary by one)."""
@@ -112,42 +128,31 @@ class _BatchStream:
 
     def next(self, iteration: int) -> Dict[str, torch.Tensor]:
         try:
-            if self._first_timeout is not None:
-                timeout, self._first_timeout = self._first_timeout, None
-                return self._first(timeout)
+            if self._first_box is not None:
+                return self._first()
             return next(self._it)
         except StopIteration:
             raise DataError(f"the training stream ended before iteration {iteration}; "
                             "this is a bug in the stream length computation") from None
 
-    def _first(self, timeout: float) -> Dict[str, torch.Tensor]:
-        """The first batch, waited for at most ``timeout`` seconds.
+    def _first(self) -> Dict[str, torch.Tensor]:
+        """The first batch, waited for at most ``first_batch_timeout_s`` seconds from now.
 
         Ray Data gives no timeout of its own: when its read tasks or decode actors cannot get a CPU, the
-        iterator blocks forever (Ray only logs "... may hang forever" on the driver). The first batch is
-        fetched in a helper thread so the wait can be bounded; later batches come straight from the stream.
-        On timeout the helper stays blocked, which is harmless: the worker is about to fail and be torn down.
+        iterator blocks forever (Ray only logs "... may hang forever" on the driver). Later batches come
+        straight from the stream. On timeout the helper stays blocked, which is harmless: the worker is about
+        to fail and be torn down.
         """
-        import threading
-
-        box: Dict[str, Any] = {}
-
-        def fetch() -> None:
-            try:
-                box["batch"] = next(self._it)
-            except BaseException as exc:  # handed to the training thread below
-                box["error"] = exc
-
-        helper = threading.Thread(target=fetch, name="rayseg-first-batch", daemon=True)
-        helper.start()
-        helper.join(timeout)
-        if helper.is_alive():
+        self._first_helper.join(self._first_timeout)
+        if self._first_helper.is_alive():
             raise DataError(
-                f"no training batch arrived within {timeout:g} s (data.first_batch_timeout_s){_free_cpus_text()}: "
+                f"no training batch arrived within {self._first_timeout:g} s (data.first_batch_timeout_s)"
+                f"{_free_cpus_text()}: "
                 "most likely Ray Data's read tasks and decode/augment actors are waiting for CPUs that the "
                 "training workers hold; give the cluster more CPUs or lower scaling.num_workers or "
                 "scaling.resources_per_worker.CPU (or raise data.first_batch_timeout_s if the data is only "
                 "slow to read)")
+        box, self._first_box = self._first_box, None
         if "error" in box:
             raise box["error"]
         return box["batch"]
@@ -259,21 +264,26 @@ def _train(config: Dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    _quiet_worker_logs()
+    spec: RunSpec = config["spec"]
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    # Before anything else (the model code's imports alone take 1-3 s): Ray Data's executor and actors start
+    # when the first batch is asked for, and their start-up then overlaps this worker's own set-up.
+    stream = _BatchStream(ray.train.get_dataset_shard("train"), spec.data.samples_per_gpu, device,
+                          first_batch_timeout_s=spec.data.first_batch_timeout_s)
+
     from rayseg.datasets.ray_data import DeviceNormalizer
     from rayseg.models import build_segmentor
     from rayseg.spec.policy import set_log_level
 
-    _quiet_worker_logs()
-    spec: RunSpec = config["spec"]
     import_custom_modules(spec.custom_imports)  # custom_imports: the parts named below may be the user's
     set_log_level(spec.log.level)
-    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(spec.seed + rank, spec.deterministic)
 
     model = build_segmentor(spec.model.config)
-    device = ray.train.torch.get_device()
     precision = precision_settings(spec.precision, device, deterministic=spec.deterministic)
     if world > 1 and spec.model.sync_bn:
         model = convert_sync_batchnorm(model, device.type)
@@ -315,8 +325,6 @@ def _train(config: Dict[str, Any]) -> None:
         say(f"Resized from {restored['workers']} to {world} workers; the global batch stays "
             f"{spg * scaling.num_workers} ({len(micro_batch_sizes(spg, scaling.num_workers, world, 0, 0))} "
             f"micro-batch(es) per worker per iteration)")
-    stream = _BatchStream(ray.train.get_dataset_shard("train"), spg, device,
-                          first_batch_timeout_s=spec.data.first_batch_timeout_s)
     val_shard = ray.train.get_dataset_shard("val") if evaluation.interval else None
     val_normalizer = (DeviceNormalizer.from_pipeline(spec.data.val_pipeline, device=device)
                       if val_shard is not None else None)

@@ -10,9 +10,10 @@ in order, with the time it was logged.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 # Beside a report's metrics: when it was logged, and the log records held before it,
 # {"at": unix time, "held": [{"at": unix time, "metrics": {...}}, ...]}.
@@ -52,11 +53,15 @@ class ReportPacer:
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
-        self._last = time.monotonic()
+        # None until this worker group's first report: that one always goes at once (its queue is empty), so
+        # a started or resized group's first log record reaches train.log and the driver without waiting for
+        # the next report, which a slow step, a long validation or a hook may put off for minutes.
+        self._last: Optional[float] = None
         self._held: List[Dict[str, Any]] = []
 
     def seconds_since_report(self) -> float:
-        return time.monotonic() - self._last
+        """Seconds since this worker's last report; infinite before its first."""
+        return math.inf if self._last is None else time.monotonic() - self._last
 
     def due(self, seconds_since_report: float, queue_busy: float = 0.0) -> bool:
         """True once the controller has polled since the last report (so this one is taken at once): a poll

@@ -134,6 +134,18 @@ def test_a_log_report_waits_while_any_result_queue_is_full():
     assert result_queue_busy() == 0.0  # outside a Ray Train worker there is no queue: pace by time alone
 
 
+def test_a_worker_groups_first_log_record_is_reported_at_once():
+    """A (re)started worker group reports its first log record without waiting for the poll interval: its
+    queue is empty, and holding it would leave train.log and the driver's view of the group size waiting for
+    the next report (the elastic test's hold before the last iterations waited forever on that record)."""
+    from rayseg.engine.reporting import ReportPacer
+
+    pacer = ReportPacer(interval_s=2.0)
+    assert pacer.due(pacer.seconds_since_report(), queue_busy=0.0)
+    pacer.with_held({"iter": 5})
+    assert not pacer.due(pacer.seconds_since_report(), queue_busy=0.0)  # from now on: once per poll
+
+
 def test_an_unpickled_callback_opens_mlflow_before_the_first_report(tmp_path, mlflow_run):
     """In the Train controller the callback arrives pickled; it opens MLflow there on a background thread, so
     the import and store set-up (1.5-2.5 CPU-s) do not land on the first training iterations."""
