@@ -316,6 +316,10 @@ def cpu_benchmark(args) -> None:
         for group, seconds, share in cpu:
             if seconds >= 0.05:
                 print(f"  {group:45s} {seconds:7.2f} s  {share * 100:5.1f} %")
+        others = sum(share for group, _, share in cpu if group != "Ray worker/actor RayTrainWorker")
+        # On 2 cores the training worker's two torch threads need both; every wake-up of another process
+        # stalls a parallel region, so this share costs more than itself (docs/benchmarks.md)
+        print(f"  {'every process but the training worker':45s} {'':9s}  {others * 100:5.1f} %")
     tail = (f" in_ray/plain={ratio('in_ray', 'plain'):.3f} rayseg_1w/in_ray={ratio('one', 'in_ray'):.3f}"
             if args.in_ray else "")
     print(f"train_step: rayseg_1w/plain={ratio('one', 'plain'):.3f} 2w/1w={ratio('two', 'one'):.3f}{tail}")
